@@ -1,0 +1,208 @@
+//! A HuggingFace tokenizer directory, used the way vLLM uses it: `tokenizer.json` through the
+//! `tokenizers` crate and the Jinja chat template from `tokenizer_config.json` (or
+//! `chat_template.jinja`), rendered as transformers renders it.
+//!
+//! Shared by `vllm-sim` (which must tokenize as vLLM does) and the router's local tokenizer.
+
+mod chat;
+pub mod pyjson;
+
+pub use chat::{ChatError, ChatInput};
+
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tokenizer directory {0}: no tokenizer.json there")]
+    Missing(PathBuf),
+    #[error("tokenizer {path}: {message}")]
+    Broken { path: PathBuf, message: String },
+}
+
+/// A loaded tokenizer plus the chat template and special tokens a template may refer to.
+pub struct HfTokenizer {
+    tokenizer: Tokenizer,
+    chat: chat::ChatTemplate,
+    /// Stable identity of this tokenizer (hash of its files), so token ids from different
+    /// tokenizers never share a hash space.
+    fingerprint: u64,
+}
+
+impl HfTokenizer {
+    pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+        let json_path = dir.join("tokenizer.json");
+        if !json_path.is_file() {
+            return Err(LoadError::Missing(dir.to_path_buf()));
+        }
+        let broken = |path: &Path, message: String| LoadError::Broken {
+            path: path.to_path_buf(),
+            message,
+        };
+        let json_bytes =
+            std::fs::read(&json_path).map_err(|e| broken(&json_path, e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_bytes(&json_bytes).map_err(|e| broken(&json_path, e.to_string()))?;
+
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read(&config_path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| broken(&config_path, e.to_string()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+            Err(e) => return Err(broken(&config_path, e.to_string())),
+        };
+        let jinja_path = dir.join("chat_template.jinja");
+        let file_template = match std::fs::read_to_string(&jinja_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(broken(&jinja_path, e.to_string())),
+        };
+        let chat = chat::ChatTemplate::from_config(&config, file_template)
+            .map_err(|e| broken(&config_path, e))?;
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(&json_bytes)
+            ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
+        Ok(Self {
+            tokenizer,
+            chat,
+            fingerprint,
+        })
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
+        self.tokenizer
+            .encode_fast(text, add_special_tokens)
+            .map(|enc| enc.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        self.tokenizer.decode(ids, false).map_err(|e| e.to_string())
+    }
+
+    pub fn token_strs(&self, ids: &[u32]) -> Vec<Option<String>> {
+        ids.iter()
+            .map(|&id| self.tokenizer.id_to_token(id))
+            .collect()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Renders a chat request to the prompt text vLLM would tokenize.
+    pub fn render_chat(&self, input: &ChatInput) -> Result<String, ChatError> {
+        self.chat.render(input)
+    }
+
+    /// Renders and tokenizes a chat request (`add_special_tokens` defaults to false for chat in vLLM).
+    pub fn encode_chat(
+        &self,
+        input: &ChatInput,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, ChatError> {
+        let text = self.render_chat(input)?;
+        self.encode(&text, add_special_tokens)
+            .map_err(ChatError::Tokenize)
+    }
+}
+
+impl std::fmt::Debug for HfTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfTokenizer")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Qwen3 tokenizer shipped beside the repository for tests and the demo.
+#[cfg(test)]
+pub(crate) fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat(v: serde_json::Value) -> ChatInput {
+        ChatInput::from_request(v.as_object().expect("object")).expect("valid chat input")
+    }
+
+    #[test]
+    fn renders_qwen3_chatml_with_thinking_off() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        let input = chat(json!({
+            "messages": [{"role": "system", "content": "You are helpful."},
+                         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}],
+            "chat_template_kwargs": {"enable_thinking": false}
+        }));
+        assert_eq!(
+            tok.render_chat(&input).expect("renders"),
+            "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n\
+             <|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+    }
+
+    #[test]
+    fn tools_render_as_python_json_in_vllm_field_order() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        let input = chat(json!({
+            "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [{"function": {"parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                                    "name": "get_weather"}, "type": "function"}],
+            "add_generation_prompt": false
+        }));
+        let text = tok.render_chat(&input).expect("renders");
+        assert!(text.contains(
+            "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": null, \
+             \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}\n</tools>"
+        ), "{text}");
+        assert!(
+            text.ends_with("<|im_start|>user\nweather?<|im_end|>\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn continue_final_message_stops_after_its_content() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        let input = chat(json!({
+            "messages": [{"role": "user", "content": "Count"}, {"role": "assistant", "content": "1, 2,"}],
+            "add_generation_prompt": false, "continue_final_message": true
+        }));
+        assert_eq!(
+            tok.render_chat(&input).expect("renders"),
+            "<|im_start|>user\nCount<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n1, 2,"
+        );
+        let both = json!({"messages": [], "continue_final_message": true});
+        assert!(ChatInput::from_request(both.as_object().expect("object")).is_err());
+    }
+
+    #[test]
+    fn special_tokens_are_single_ids_and_decode_round_trips() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        let ids = tok
+            .encode("<|im_start|>user\nhello world<|im_end|>", false)
+            .expect("encodes");
+        assert_eq!(
+            tok.token_strs(&ids[..1]),
+            vec![Some("<|im_start|>".to_owned())]
+        );
+        assert_eq!(
+            tok.decode(&ids).expect("decodes"),
+            "<|im_start|>user\nhello world<|im_end|>"
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_a_clear_error() {
+        let err = HfTokenizer::from_dir(Path::new("/nonexistent/tok")).expect_err("must fail");
+        assert!(err.to_string().contains("no tokenizer.json"), "{err}");
+    }
+}
