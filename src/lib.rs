@@ -1,1 +1,3 @@
 pub mod hf;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,157 @@
+//! HTTP routes: vLLM's API plus `/sim/*` controls for tests.
+
+use super::error::SimError;
+use super::faults::Faults;
+use super::prompt::{opt_bool, parse_object};
+use super::{generate, Sim};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/v1/completions", post(generate::completions))
+        .route("/v1/chat/completions", post(generate::chat_completions))
+        .route("/sim/faults", get(get_faults).put(put_faults))
+        .route("/sim/prefix", post(prefix))
+        .with_state(sim)
+        .layer(axum::middleware::from_fn(log_request))
+}
+
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let res = next.run(req).await;
+    tracing::debug!(%method, %path, status = res.status().as_u16(), "request");
+    res
+}
+
+async fn tokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
+    let faults = sim.faults.get();
+    if faults.tokenize_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(faults.tokenize_delay_ms)).await;
+    }
+    if faults.tokenize_hang {
+        // Held until the client gives up and the connection closes.
+        std::future::pending::<()>().await;
+    }
+    if faults.tokenize_error_rate > 0.0 && rand::random::<f64>() < faults.tokenize_error_rate {
+        return Err(SimError::Injected);
+    }
+    let obj = parse_object(&body)?;
+    sim.resolve_model(obj.get("model").and_then(Value::as_str))?;
+    let tokens = if obj.contains_key("messages") {
+        sim.chat_tokens(&obj, false)?
+    } else {
+        match obj.get("prompt") {
+            Some(Value::String(p)) => {
+                sim.text_tokens(p, opt_bool(&obj, "add_special_tokens", true)?)?
+            }
+            Some(_) => return Err(SimError::BadRequest("'prompt' must be a string".into())),
+            None => {
+                return Err(SimError::BadRequest(
+                    "either 'prompt' or 'messages' is required".into(),
+                ))
+            }
+        }
+    };
+    let token_strs = if opt_bool(&obj, "return_token_strs", false)? {
+        json!(sim.tokenizer.token_strs(&tokens))
+    } else {
+        Value::Null
+    };
+    let body = json!({"count": tokens.len(), "max_model_len": sim.max_model_len, "tokens": tokens, "token_strs": token_strs});
+    Ok(Json(body).into_response())
+}
+
+async fn detokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
+    let obj = parse_object(&body)?;
+    sim.resolve_model(obj.get("model").and_then(Value::as_str))?;
+    let tokens: Vec<u32> = match obj.get("tokens") {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| SimError::BadRequest("'tokens' must be a list of token ids".into()))?,
+        None => return Err(SimError::BadRequest("'tokens' is required".into())),
+    };
+    let vocab = sim.tokenizer.vocab_size();
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(SimError::BadRequest(format!(
+            "token id {bad} is out of vocabulary"
+        )));
+    }
+    let prompt = sim.tokenizer.decode(&tokens).map_err(SimError::Internal)?;
+    Ok(Json(json!({ "prompt": prompt })))
+}
+
+async fn health(State(sim): State<Arc<Sim>>) -> StatusCode {
+    if sim.faults.get().health_fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn models(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let card = |id: &str, parent: Option<&str>| {
+        json!({
+            "id": id, "object": "model", "created": sim.created, "owned_by": "vllm",
+            "root": parent.map_or(sim.root.as_str(), |_| id), "parent": parent, "max_model_len": sim.max_model_len,
+        })
+    };
+    let mut data: Vec<Value> = sim.served.iter().map(|m| card(m, None)).collect();
+    data.extend(sim.loras.iter().map(|l| card(l, Some(&sim.served[0]))));
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn metrics(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
+    sim.metrics.kv_usage.set(sim.engine.usage());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        sim.metrics.render(),
+    )
+}
+
+async fn get_faults(State(sim): State<Arc<Sim>>) -> Json<Faults> {
+    Json(sim.faults.get())
+}
+
+async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Faults>, SimError> {
+    let faults: Faults = serde_json::from_slice(&body)
+        .map_err(|e| SimError::BadRequest(format!("invalid faults: {e}")))?;
+    faults.validate().map_err(SimError::BadRequest)?;
+    sim.faults.set(faults.clone());
+    tracing::info!(?faults, "faults changed");
+    Ok(Json(faults))
+}
+
+/// How much of a completion or chat request's prompt this pod's cache holds right now (for a
+/// benchmark's oracle policy). Nothing is scheduled or touched.
+async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
+    let obj = parse_object(&body)?;
+    let p = if obj.contains_key("messages") {
+        sim.chat_prompt(&obj)?
+    } else {
+        sim.completion_prompts(&obj)?
+    };
+    let seed = p.seed();
+    let (mut prompt_tokens, mut cached_tokens) = (0, 0);
+    for tokens in &p.prompts {
+        let hashes = super::cache::block_hashes(tokens, sim.block_size, seed);
+        prompt_tokens += tokens.len();
+        cached_tokens += sim.engine.cached_blocks(&hashes) * sim.block_size;
+    }
+    Ok(Json(
+        json!({ "prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens }),
+    ))
+}

@@ -1,0 +1,178 @@
+//! The simulated engine: at most `max_num_seqs` requests run, the rest wait in arrival order;
+//! prefill is one shared compute resource (uncached tokens × `prefill_us_per_token`, one request
+//! at a time, as a GPU's prefill budget is shared), decode costs `decode_ms_per_token` per token.
+
+use super::cache::{Allocation, BlockPool};
+use super::metrics::SimMetrics;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub prefill_us_per_token: f64,
+    pub decode_ms_per_token: f64,
+    pub max_num_seqs: usize,
+}
+
+pub struct Engine {
+    state: Mutex<State>,
+    wake: Notify,
+    prefill: tokio::sync::Mutex<()>,
+    timing: Timing,
+    metrics: Arc<SimMetrics>,
+}
+
+struct State {
+    pool: BlockPool,
+    waiting: VecDeque<u64>,
+    running: usize,
+    next_id: u64,
+}
+
+/// A request that holds a running slot and its KV blocks; both are returned on drop, so a client
+/// that disconnects mid-stream frees them too.
+pub struct Running {
+    engine: Arc<Engine>,
+    alloc: Option<Allocation>,
+    pub cached_tokens: usize,
+    pub prompt_tokens: usize,
+}
+
+impl Engine {
+    pub fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
+        let state = State {
+            pool,
+            waiting: VecDeque::new(),
+            running: 0,
+            next_id: 0,
+        };
+        Self {
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            prefill: tokio::sync::Mutex::new(()),
+            timing,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the pool half-updated in a way later
+        // requests could not use, so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn capacity_tokens(&self, block_size: usize) -> usize {
+        self.lock().pool.capacity() * block_size
+    }
+
+    pub fn cached_blocks(&self, hashes: &[u64]) -> usize {
+        self.lock().pool.cached_blocks(hashes)
+    }
+
+    pub fn usage(&self) -> f64 {
+        self.lock().pool.usage()
+    }
+
+    /// Waits for a slot and room in the pool (first come, first served), then runs prefill.
+    pub async fn start(
+        self: &Arc<Self>,
+        hashes: &[u64],
+        prompt_tokens: usize,
+        output_tokens: usize,
+    ) -> Running {
+        let arrived = Instant::now();
+        let id = {
+            let mut st = self.lock();
+            st.next_id += 1;
+            let id = st.next_id;
+            st.waiting.push_back(id);
+            self.metrics.waiting.inc();
+            id
+        };
+        let mut queued = WaitingGuard {
+            engine: self.as_ref(),
+            id: Some(id),
+        };
+        let alloc = loop {
+            let notified = self.wake.notified();
+            {
+                let mut st = self.lock();
+                if st.waiting.front() == Some(&id) && st.running < self.timing.max_num_seqs {
+                    if let Some(alloc) = st.pool.admit(hashes, prompt_tokens, output_tokens) {
+                        st.waiting.pop_front();
+                        st.running += 1;
+                        queued.id = None;
+                        self.metrics.waiting.dec();
+                        self.metrics.running.inc();
+                        self.metrics.record_admission(
+                            prompt_tokens,
+                            alloc.cached_tokens,
+                            st.pool.usage(),
+                        );
+                        break alloc;
+                    }
+                }
+            }
+            notified.await;
+        };
+        // The next in line may fit too.
+        self.wake.notify_waiters();
+        let cached_tokens = alloc.cached_tokens;
+        let mut running = Running {
+            engine: Arc::clone(self),
+            alloc: Some(alloc),
+            cached_tokens,
+            prompt_tokens,
+        };
+        let uncached = prompt_tokens.saturating_sub(cached_tokens);
+        let prefill =
+            Duration::from_secs_f64(uncached as f64 * self.timing.prefill_us_per_token / 1e6);
+        {
+            let _compute = self.prefill.lock().await;
+            tokio::time::sleep(prefill).await;
+        }
+        if let Some(alloc) = running.alloc.as_mut() {
+            let mut st = self.lock();
+            st.pool.commit_prefill(alloc);
+        }
+        self.metrics.ttft.observe(arrived.elapsed().as_secs_f64());
+        running
+    }
+
+    pub fn decode_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.timing.decode_ms_per_token / 1e3)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(alloc) = self.alloc.take() {
+            let mut st = self.engine.lock();
+            st.pool.release(alloc);
+            st.running -= 1;
+            self.engine.metrics.running.dec();
+            self.engine.metrics.kv_usage.set(st.pool.usage());
+        }
+        self.engine.wake.notify_waiters();
+    }
+}
+
+/// Removes a request from the queue if its client went away before it was admitted.
+struct WaitingGuard<'a> {
+    engine: &'a Engine,
+    id: Option<u64>,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut st = self.engine.lock();
+            st.waiting.retain(|w| *w != id);
+            self.engine.metrics.waiting.dec();
+            drop(st);
+            self.engine.wake.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Child processes of the real binaries, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a binary that prints `... listening on http://ADDR` on stdout once it serves.
+pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .rsplit_once("http://")
+                .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("{bin} did not report its address")
+        });
+    Proc { child, addr }
+}
+
+pub fn sim(extra: &[&str]) -> Proc {
+    let tok = super::fixture_dir();
+    let tok = tok.to_str().expect("utf-8 path");
+    let mut args = vec!["--port", "0", "--model", "tiny-chat", "--tokenizer", tok];
+    args.extend_from_slice(extra);
+    spawn_listening(env!("CARGO_BIN_EXE_vllm-sim"), &args)
+}
