@@ -1,0 +1,226 @@
+//! Which pods serve which model. Sources (the static file today, a Kubernetes pod informer next)
+//! publish the whole desired state; the registry keeps each pod's identity (and so its in-flight
+//! counter and index id) across publications and hands readers an immutable snapshot.
+
+pub mod static_file;
+
+use crate::hf::HfTokenizer;
+use crate::prefix::PodId;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// A vLLM pod: its `/tokenize` may be used.
+    Vllm,
+    Other,
+}
+
+impl Engine {
+    pub fn parse(s: &str) -> Self {
+        if s.eq_ignore_ascii_case("vllm") {
+            Engine::Vllm
+        } else {
+            Engine::Other
+        }
+    }
+}
+
+/// One routable pod. Shared by snapshots, in-flight guards and metrics.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub id: PodId,
+    /// Identity across publications: the pod UID, or `model/addr` for the static file.
+    pub key: String,
+    pub addr: SocketAddr,
+    pub model: Arc<str>,
+    pub engine: Engine,
+    inflight: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one routed request against its pod until dropped (response ended, stream died, or the
+/// safety TTL passed).
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Endpoint>);
+
+impl InflightGuard {
+    pub fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    /// Ready pods only.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Local tokenizer configured for this model, if any.
+    pub tokenizer: Option<Arc<HfTokenizer>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub models: HashMap<String, Arc<Model>>,
+}
+
+impl Snapshot {
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.models.values().flat_map(|m| m.endpoints.iter())
+    }
+}
+
+/// What a source wants published for one model.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub tokenizer: Option<Arc<HfTokenizer>>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub key: String,
+    pub addr: SocketAddr,
+    pub engine: Engine,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("endpoints file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    known: Mutex<HashMap<String, Arc<Endpoint>>>,
+    next_id: AtomicU32,
+    changes: watch::Sender<Arc<Snapshot>>,
+    synced: watch::Sender<bool>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let empty = Arc::new(Snapshot::default());
+        Self {
+            current: ArcSwap::new(Arc::clone(&empty)),
+            known: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            changes: watch::channel(empty).0,
+            synced: watch::channel(false).0,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Resolves each time a new snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.changes.subscribe()
+    }
+
+    /// True once a source has published its first full state (readiness).
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub fn subscribe_synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    /// Replaces the whole state. Pods keep their identity when their key, address, model and
+    /// engine are unchanged; anything else is a new pod (its cache is not the old one's).
+    pub fn publish(&self, specs: Vec<ModelSpec>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next_known = HashMap::new();
+        let mut models = HashMap::new();
+        for spec in specs {
+            let model: Arc<str> = Arc::from(spec.name.as_str());
+            let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+            for ep in spec.endpoints {
+                let reuse = known
+                    .get(&ep.key)
+                    .filter(|e| e.addr == ep.addr && *e.model == *model && e.engine == ep.engine)
+                    .cloned();
+                let endpoint = reuse.unwrap_or_else(|| {
+                    Arc::new(Endpoint {
+                        id: PodId(self.next_id.fetch_add(1, Ordering::Relaxed)),
+                        key: ep.key.clone(),
+                        addr: ep.addr,
+                        model: Arc::clone(&model),
+                        engine: ep.engine,
+                        inflight: AtomicU64::new(0),
+                    })
+                });
+                if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {
+                    endpoints.push(endpoint);
+                }
+            }
+            models.insert(spec.name.clone(), Arc::new(Model { name: spec.name, endpoints, tokenizer: spec.tokenizer }));
+        }
+        *known = next_known;
+        let snapshot = Arc::new(Snapshot { models });
+        self.current.store(Arc::clone(&snapshot));
+        drop(known);
+        self.changes.send_replace(snapshot);
+        self.synced.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(model: &str, addrs: &[&str]) -> ModelSpec {
+        ModelSpec {
+            name: model.into(),
+            tokenizer: None,
+            endpoints: addrs
+                .iter()
+                .map(|a| EndpointSpec { key: format!("{model}/{a}"), addr: a.parse().expect("addr"), engine: Engine::Vllm })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn pods_keep_identity_and_inflight_across_publications() {
+        let reg = Registry::new();
+        assert!(!reg.is_synced());
+        reg.publish(vec![spec("m", &["127.0.0.1:1", "127.0.0.1:2"])]);
+        assert!(reg.is_synced());
+        let first = Arc::clone(&reg.snapshot().models["m"].endpoints[0]);
+        let _guard = InflightGuard::new(Arc::clone(&first));
+        reg.publish(vec![spec("m", &["127.0.0.1:1", "127.0.0.1:3"])]);
+        let snap = reg.snapshot();
+        let again = &snap.models["m"].endpoints[0];
+        assert!(Arc::ptr_eq(&first, again));
+        assert_eq!(again.inflight(), 1);
+        assert_ne!(snap.models["m"].endpoints[1].id, PodId(2), "a new pod gets a new id");
+    }
+}

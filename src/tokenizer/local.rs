@@ -1,0 +1,136 @@
+//! Local tokenization: the model's configured HF tokenizer (chat template applied), else a byte
+//! approximation that keeps prefix affinity — equal leading text gives equal leading "tokens".
+
+use super::{TokenSpace, Tokenize, TokenizeError, Tokens};
+use crate::discovery::Model;
+use crate::openai::{InferenceRequest, Kind, Prompt};
+use futures::future::BoxFuture;
+
+#[derive(Debug, Clone)]
+pub struct LocalTokenizer {
+    bytes_per_token: usize,
+}
+
+impl LocalTokenizer {
+    pub fn new(bytes_per_token: usize) -> Self {
+        Self { bytes_per_token: bytes_per_token.max(1) }
+    }
+
+    /// Never fails: a request the configured tokenizer cannot handle is approximated.
+    pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Tokens {
+        match &req.kind {
+            Kind::Completion(Prompt::Ids(ids)) => Tokens { ids: ids.clone(), space: TokenSpace::Engine },
+            Kind::Completion(Prompt::IdLists(lists)) => {
+                Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine }
+            }
+            Kind::Completion(Prompt::Text(text)) => self.text(model, text),
+            Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
+            Kind::Chat(chat) => {
+                if let Some(tok) = &model.tokenizer {
+                    if let Ok(ids) = tok.encode_chat(chat, false) {
+                        return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+                    }
+                }
+                self.approx(&chat_bytes(chat))
+            }
+            Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
+        }
+    }
+
+    fn text(&self, model: &Model, text: &str) -> Tokens {
+        if let Some(tok) = &model.tokenizer {
+            if let Ok(ids) = tok.encode(text, true) {
+                return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+            }
+        }
+        self.approx(text.as_bytes())
+    }
+
+    fn approx(&self, bytes: &[u8]) -> Tokens {
+        let ids = bytes
+            .chunks(self.bytes_per_token)
+            .map(|c| xxhash_rust::xxh3::xxh3_64(c) as u32)
+            .collect();
+        Tokens { ids, space: TokenSpace::Approx }
+    }
+}
+
+/// A stable byte form of a chat request: what stays fixed over a conversation (tools, template
+/// arguments) first, then each message in order, so earlier turns are a prefix of later ones.
+fn chat_bytes(chat: &crate::hf::ChatInput) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(t) = &chat.tools {
+        out.extend_from_slice(serde_json::Value::Array(t.clone()).to_string().as_bytes());
+        out.push(0);
+    }
+    if let Some(k) = &chat.chat_template_kwargs {
+        out.extend_from_slice(serde_json::Value::Object(k.clone()).to_string().as_bytes());
+        out.push(0);
+    }
+    for m in &chat.messages {
+        let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        out.extend_from_slice(role.as_bytes());
+        out.push(0);
+        match m.get("content") {
+            Some(serde_json::Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+            Some(other) => out.extend_from_slice(other.to_string().as_bytes()),
+            None => {}
+        }
+        out.push(0);
+    }
+    out
+}
+
+impl Tokenize for LocalTokenizer {
+    fn tokenize<'a>(&'a self, model: &'a Model, req: &'a InferenceRequest) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
+        Box::pin(async move { Ok(self.tokenize_now(model, req)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::{parse, Endpoint};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn model(tokenizer: bool) -> Model {
+        let tokenizer = tokenizer.then(|| Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture")));
+        Model { name: "m".into(), endpoints: vec![], tokenizer }
+    }
+
+    fn chat(messages: serde_json::Value) -> InferenceRequest {
+        parse(Endpoint::ChatCompletions, json!({"model": "m", "messages": messages}).to_string().as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn earlier_turns_are_a_token_prefix_of_later_ones() {
+        let turn1 = json!([{"role": "user", "content": "Tell me about caches."}]);
+        let turn2 = json!([{"role": "user", "content": "Tell me about caches."},
+                           {"role": "assistant", "content": "They keep things."},
+                           {"role": "user", "content": "More."}]);
+        for with_tokenizer in [true, false] {
+            let m = model(with_tokenizer);
+            let local = LocalTokenizer::new(4);
+            let a = local.tokenize_now(&m, &chat(turn1.clone()));
+            let b = local.tokenize_now(&m, &chat(turn2.clone()));
+            // Turn 1 ends with the generation prompt (3 tokens), or a partial byte chunk.
+            let shared = a.ids.len() - if with_tokenizer { 3 } else { 1 };
+            assert_eq!(a.ids[..shared], b.ids[..shared], "tokenizer: {with_tokenizer}");
+            assert_eq!(a.space, b.space);
+        }
+    }
+
+    #[test]
+    fn token_id_prompts_are_engine_tokens_and_text_uses_the_tokenizer() {
+        let m = model(true);
+        let local = LocalTokenizer::new(4);
+        let ids = parse(Endpoint::Completions, br#"{"model":"m","prompt":[9707,1879]}"#).expect("parses");
+        assert_eq!(local.tokenize_now(&m, &ids), Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine });
+        let text = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");
+        let t = local.tokenize_now(&m, &text);
+        assert_eq!(t.ids, vec![9707, 1879]);
+        assert!(matches!(t.space, TokenSpace::Local(_)));
+        assert_eq!(local.tokenize_now(&model(false), &text).space, TokenSpace::Approx);
+    }
+}
