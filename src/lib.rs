@@ -1,7 +1,12 @@
+pub mod config;
 pub mod discovery;
+pub mod extproc;
 pub mod hf;
+pub mod metrics;
 pub mod openai;
 pub mod prefix;
+pub mod routing;
+pub mod server;
 pub mod sim;
 pub mod telemetry;
 pub mod tokenizer;

@@ -72,7 +72,11 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
     let cache_salt = match obj.get("cache_salt") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(_) => return Err(ParseError::Invalid("'cache_salt' must be a non-empty string".into())),
+        Some(_) => {
+            return Err(ParseError::Invalid(
+                "'cache_salt' must be a non-empty string".into(),
+            ))
+        }
     };
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
@@ -84,7 +88,12 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
         Endpoint::ChatCompletions => Kind::Chat(chat(&obj)?),
         Endpoint::Other => Kind::Other,
     };
-    Ok(InferenceRequest { model, kind, cache_salt, stream })
+    Ok(InferenceRequest {
+        model,
+        kind,
+        cache_salt,
+        stream,
+    })
 }
 
 fn prompt(obj: &Map<String, Value>) -> Result<Prompt, ParseError> {
@@ -94,7 +103,9 @@ fn prompt(obj: &Map<String, Value>) -> Result<Prompt, ParseError> {
             .iter()
             .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| ParseError::Invalid("token ids must be non-negative 32-bit integers".into()))
+            .ok_or_else(|| {
+                ParseError::Invalid("token ids must be non-negative 32-bit integers".into())
+            })
     };
     match obj.get("prompt") {
         None | Some(Value::Null) => Err(ParseError::Invalid("'prompt' is required".into())),
@@ -103,8 +114,13 @@ fn prompt(obj: &Map<String, Value>) -> Result<Prompt, ParseError> {
         Some(Value::Array(items)) if items.is_empty() => Err(empty()),
         Some(Value::Array(items)) => match &items[0] {
             Value::String(_) => {
-                let texts: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
-                let texts = texts.ok_or_else(|| ParseError::Invalid("'prompt' mixes strings and other values".into()))?;
+                let texts: Option<Vec<String>> = items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                let texts = texts.ok_or_else(|| {
+                    ParseError::Invalid("'prompt' mixes strings and other values".into())
+                })?;
                 if texts.iter().any(String::is_empty) {
                     return Err(empty());
                 }
@@ -113,7 +129,11 @@ fn prompt(obj: &Map<String, Value>) -> Result<Prompt, ParseError> {
             Value::Array(_) => {
                 let lists = items
                     .iter()
-                    .map(|v| v.as_array().ok_or_else(|| ParseError::Invalid("'prompt' mixes lists and other values".into())))
+                    .map(|v| {
+                        v.as_array().ok_or_else(|| {
+                            ParseError::Invalid("'prompt' mixes lists and other values".into())
+                        })
+                    })
                     .map(|l| l.and_then(|l| if l.is_empty() { Err(empty()) } else { ids(l) }))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Prompt::IdLists(lists))
@@ -147,12 +167,22 @@ mod tests {
     fn completion_prompts_in_every_form() {
         let cases = [
             (json!("hi"), Prompt::Text("hi".into())),
-            (json!(["a", "b"]), Prompt::Texts(vec!["a".into(), "b".into()])),
+            (
+                json!(["a", "b"]),
+                Prompt::Texts(vec!["a".into(), "b".into()]),
+            ),
             (json!([1, 2]), Prompt::Ids(vec![1, 2])),
-            (json!([[1], [2, 3]]), Prompt::IdLists(vec![vec![1], vec![2, 3]])),
+            (
+                json!([[1], [2, 3]]),
+                Prompt::IdLists(vec![vec![1], vec![2, 3]]),
+            ),
         ];
         for (prompt, want) in cases {
-            let req = p(Endpoint::Completions, json!({"model": "m", "prompt": prompt})).expect("parses");
+            let req = p(
+                Endpoint::Completions,
+                json!({"model": "m", "prompt": prompt}),
+            )
+            .expect("parses");
             assert_eq!(req.kind, Kind::Completion(want));
         }
     }
@@ -167,29 +197,58 @@ mod tests {
         .expect("parses");
         assert_eq!(req.cache_salt.as_deref(), Some("u1"));
         assert!(req.stream);
-        let Kind::Chat(chat) = req.kind else { panic!("chat") };
+        let Kind::Chat(chat) = req.kind else {
+            panic!("chat")
+        };
         assert!(chat.add_generation_prompt);
         assert_eq!(chat.chat_template_kwargs.map(|k| k.len()), Some(1));
     }
 
     #[test]
     fn bad_bodies_name_the_problem() {
-        assert!(matches!(parse(Endpoint::Completions, b"{"), Err(ParseError::InvalidJson(_))));
-        assert_eq!(parse(Endpoint::Completions, b"[1]"), Err(ParseError::NotAnObject));
-        assert_eq!(p(Endpoint::Completions, json!({"prompt": "x"})), Err(ParseError::MissingModel));
-        for bad in [json!(""), json!([]), json!([[]]), json!([-1]), json!(["a", 1]), json!({"x": 1})] {
-            let err = p(Endpoint::Completions, json!({"model": "m", "prompt": bad})).expect_err("rejected");
+        assert!(matches!(
+            parse(Endpoint::Completions, b"{"),
+            Err(ParseError::InvalidJson(_))
+        ));
+        assert_eq!(
+            parse(Endpoint::Completions, b"[1]"),
+            Err(ParseError::NotAnObject)
+        );
+        assert_eq!(
+            p(Endpoint::Completions, json!({"prompt": "x"})),
+            Err(ParseError::MissingModel)
+        );
+        for bad in [
+            json!(""),
+            json!([]),
+            json!([[]]),
+            json!([-1]),
+            json!(["a", 1]),
+            json!({"x": 1}),
+        ] {
+            let err = p(Endpoint::Completions, json!({"model": "m", "prompt": bad}))
+                .expect_err("rejected");
             assert!(matches!(err, ParseError::Invalid(_)), "{bad}: {err:?}");
         }
-        let err = p(Endpoint::ChatCompletions, json!({"model": "m", "messages": []})).expect_err("rejected");
+        let err = p(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": []}),
+        )
+        .expect_err("rejected");
         assert!(err.to_string().contains("messages"));
-        assert_eq!(p(Endpoint::Other, json!({"model": "m", "input": "x"})).map(|r| r.kind), Ok(Kind::Other));
+        assert_eq!(
+            p(Endpoint::Other, json!({"model": "m", "input": "x"})).map(|r| r.kind),
+            Ok(Kind::Other)
+        );
     }
 
     #[test]
     fn paths_map_to_endpoints() {
         assert_eq!(endpoint_of("/v1/completions?x=1"), Endpoint::Completions);
-        assert_eq!(endpoint_of("/v1/chat/completions"), Endpoint::ChatCompletions);
+        assert_eq!(
+            endpoint_of("/v1/chat/completions"),
+            Endpoint::ChatCompletions
+        );
         assert_eq!(endpoint_of("/v1/embeddings"), Endpoint::Other);
     }
 }

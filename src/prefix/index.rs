@@ -17,7 +17,10 @@ pub struct Matches {
 
 impl Matches {
     pub fn get(&self, pod: PodId) -> usize {
-        self.by_pod.iter().find(|(p, _)| *p == pod).map_or(0, |(_, n)| *n)
+        self.by_pod
+            .iter()
+            .find(|(p, _)| *p == pod)
+            .map_or(0, |(_, n)| *n)
     }
     pub fn best(&self) -> usize {
         self.by_pod.iter().map(|(_, n)| *n).max().unwrap_or(0)
@@ -33,14 +36,20 @@ pub struct PrefixIndex {
 
 impl PrefixIndex {
     pub fn new(blocks_per_pod: usize) -> Self {
-        Self { blocks: HashMap::new(), pods: HashMap::new(), blocks_per_pod: blocks_per_pod.max(1) }
+        Self {
+            blocks: HashMap::new(),
+            pods: HashMap::new(),
+            blocks_per_pod: blocks_per_pod.max(1),
+        }
     }
 
     /// For each pod, how many of `hashes` it holds from the start without a gap.
     pub fn lookup(&self, hashes: &[u64]) -> Matches {
         let mut by_pod: Vec<(PodId, usize)> = Vec::new();
         for (i, h) in hashes.iter().enumerate() {
-            let Some(holders) = self.blocks.get(h) else { break };
+            let Some(holders) = self.blocks.get(h) else {
+                break;
+            };
             let mut advanced = false;
             if i == 0 {
                 by_pod.extend(holders.iter().map(|p| (*p, 1)));
@@ -63,7 +72,7 @@ impl PrefixIndex {
     /// Records that `pod` will hold `hashes` (it is computing them now).
     pub fn record(&mut self, pod: PodId, hashes: &[u64]) {
         let cap = self.blocks_per_pod;
-        let lru = self.pods.entry(pod).or_insert_with(|| LruCache::unbounded());
+        let lru = self.pods.entry(pod).or_insert_with(LruCache::unbounded);
         // Touch head-first so the tail is the least recently used, as the engine evicts it.
         for h in hashes.iter().rev() {
             if lru.put(*h, ()).is_none() {
@@ -74,7 +83,9 @@ impl PrefixIndex {
             }
         }
         while lru.len() > cap {
-            let Some((victim, ())) = lru.pop_lru() else { break };
+            let Some((victim, ())) = lru.pop_lru() else {
+                break;
+            };
             remove_holder(&mut self.blocks, victim, pod);
         }
     }
@@ -130,7 +141,11 @@ mod tests {
         idx.record(B, &[1, 2, 9]);
         let m = idx.lookup(&[1, 2, 3, 5]);
         assert_eq!((m.get(A), m.get(B), m.best()), (3, 2, 3));
-        assert_eq!(idx.lookup(&[7, 1, 2]).best(), 0, "a gap at the start matches nothing");
+        assert_eq!(
+            idx.lookup(&[7, 1, 2]).best(),
+            0,
+            "a gap at the start matches nothing"
+        );
         // A holds block 3 but not 2: no credit past the gap.
         let mut gap = PrefixIndex::new(100);
         gap.record(A, &[1]);

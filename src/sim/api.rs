@@ -24,6 +24,10 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/prefix", post(prefix))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&sim),
+            stamp_id,
+        ))
         .with_state(sim)
         .layer(axum::middleware::from_fn(log_request))
 }
@@ -32,6 +36,19 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let res = next.run(req).await;
     tracing::debug!(%method, %path, status = res.status().as_u16(), "request");
+    res
+}
+
+/// `x-sim-id` on every response names the pod that answered.
+async fn stamp_id(
+    State(sim): State<Arc<Sim>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut res = next.run(req).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&sim.id) {
+        res.headers_mut().insert("x-sim-id", v);
+    }
     res
 }
 

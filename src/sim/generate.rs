@@ -126,28 +126,25 @@ async fn serve(
         let body = Body::from_stream(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>),
         );
-        Ok(with_sim_headers(
-            &sim,
+        Ok(with_body_headers(
             raw,
             ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response(),
         ))
     } else {
         // As vLLM: the whole completion, then the response. A client that leaves drops this future.
         let body = job.whole().await;
-        Ok(with_sim_headers(
-            &sim,
+        Ok(with_body_headers(
             raw,
             ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         ))
     }
 }
 
-/// `x-sim-id` names the pod that served; the body's length and hash let tests check that what
-/// arrived is byte-identical to what the client sent.
-fn with_sim_headers(sim: &Sim, raw: &[u8], mut res: Response) -> Response {
+/// The body's length and hash let tests check that what arrived is byte-identical to what the
+/// client sent.
+fn with_body_headers(raw: &[u8], mut res: Response) -> Response {
     let h = res.headers_mut();
     let pairs = [
-        ("x-sim-id", sim.id.clone()),
         ("x-sim-body-bytes", raw.len().to_string()),
         (
             "x-sim-body-xxh3",

@@ -5,6 +5,7 @@ use super::{TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
 use crate::openai::{InferenceRequest, Kind, Prompt};
 use futures::future::BoxFuture;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct LocalTokenizer {
@@ -13,34 +14,51 @@ pub struct LocalTokenizer {
 
 impl LocalTokenizer {
     pub fn new(bytes_per_token: usize) -> Self {
-        Self { bytes_per_token: bytes_per_token.max(1) }
+        Self {
+            bytes_per_token: bytes_per_token.max(1),
+        }
     }
 
     /// Never fails: a request the configured tokenizer cannot handle is approximated.
     pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Tokens {
         match &req.kind {
-            Kind::Completion(Prompt::Ids(ids)) => Tokens { ids: ids.clone(), space: TokenSpace::Engine },
-            Kind::Completion(Prompt::IdLists(lists)) => {
-                Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine }
-            }
+            Kind::Completion(Prompt::Ids(ids)) => Tokens {
+                ids: ids.clone(),
+                space: TokenSpace::Engine,
+            },
+            Kind::Completion(Prompt::IdLists(lists)) => Tokens {
+                ids: lists.first().cloned().unwrap_or_default(),
+                space: TokenSpace::Engine,
+            },
             Kind::Completion(Prompt::Text(text)) => self.text(model, text),
-            Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
+            Kind::Completion(Prompt::Texts(texts)) => {
+                self.text(model, texts.first().map_or("", String::as_str))
+            }
             Kind::Chat(chat) => {
                 if let Some(tok) = &model.tokenizer {
                     if let Ok(ids) = tok.encode_chat(chat, false) {
-                        return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+                        return Tokens {
+                            ids,
+                            space: TokenSpace::Local(tok.fingerprint()),
+                        };
                     }
                 }
                 self.approx(&chat_bytes(chat))
             }
-            Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
+            Kind::Other => Tokens {
+                ids: Vec::new(),
+                space: TokenSpace::Approx,
+            },
         }
     }
 
     fn text(&self, model: &Model, text: &str) -> Tokens {
         if let Some(tok) = &model.tokenizer {
             if let Ok(ids) = tok.encode(text, true) {
-                return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+                return Tokens {
+                    ids,
+                    space: TokenSpace::Local(tok.fingerprint()),
+                };
             }
         }
         self.approx(text.as_bytes())
@@ -51,7 +69,10 @@ impl LocalTokenizer {
             .chunks(self.bytes_per_token)
             .map(|c| xxhash_rust::xxh3::xxh3_64(c) as u32)
             .collect();
-        Tokens { ids, space: TokenSpace::Approx }
+        Tokens {
+            ids,
+            space: TokenSpace::Approx,
+        }
     }
 }
 
@@ -81,9 +102,38 @@ fn chat_bytes(chat: &crate::hf::ChatInput) -> Vec<u8> {
     out
 }
 
+/// Inputs above this many bytes are tokenized on the blocking pool: a long prompt takes
+/// milliseconds of CPU that would otherwise stall every stream on the same runtime worker.
+const INLINE_BYTES: usize = 32 * 1024;
+
+fn text_bytes(req: &InferenceRequest) -> usize {
+    match &req.kind {
+        Kind::Completion(Prompt::Text(t)) => t.len(),
+        Kind::Completion(Prompt::Texts(t)) => t.first().map_or(0, String::len),
+        Kind::Chat(c) => c
+            .messages
+            .iter()
+            .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
+            .sum(),
+        _ => 0,
+    }
+}
+
 impl Tokenize for LocalTokenizer {
-    fn tokenize<'a>(&'a self, model: &'a Model, req: &'a InferenceRequest) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
-        Box::pin(async move { Ok(self.tokenize_now(model, req)) })
+    fn tokenize<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
+        Box::pin(async move {
+            if text_bytes(req) <= INLINE_BYTES {
+                return Ok(self.tokenize_now(model, req));
+            }
+            let (this, model, req) = (self.clone(), Arc::clone(model), req.clone());
+            tokio::task::spawn_blocking(move || this.tokenize_now(&model, &req))
+                .await
+                .map_err(|e| TokenizeError::Failed(e.to_string()))
+        })
     }
 }
 
@@ -92,15 +142,26 @@ mod tests {
     use super::*;
     use crate::openai::{parse, Endpoint};
     use serde_json::json;
-    use std::sync::Arc;
 
     fn model(tokenizer: bool) -> Model {
-        let tokenizer = tokenizer.then(|| Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture")));
-        Model { name: "m".into(), endpoints: vec![], tokenizer }
+        let tokenizer = tokenizer.then(|| {
+            Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture"))
+        });
+        Model {
+            name: "m".into(),
+            endpoints: vec![],
+            tokenizer,
+        }
     }
 
     fn chat(messages: serde_json::Value) -> InferenceRequest {
-        parse(Endpoint::ChatCompletions, json!({"model": "m", "messages": messages}).to_string().as_bytes()).expect("parses")
+        parse(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": messages})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("parses")
     }
 
     #[test]
@@ -116,7 +177,11 @@ mod tests {
             let b = local.tokenize_now(&m, &chat(turn2.clone()));
             // Turn 1 ends with the generation prompt (3 tokens), or a partial byte chunk.
             let shared = a.ids.len() - if with_tokenizer { 3 } else { 1 };
-            assert_eq!(a.ids[..shared], b.ids[..shared], "tokenizer: {with_tokenizer}");
+            assert_eq!(
+                a.ids[..shared],
+                b.ids[..shared],
+                "tokenizer: {with_tokenizer}"
+            );
             assert_eq!(a.space, b.space);
         }
     }
@@ -125,12 +190,29 @@ mod tests {
     fn token_id_prompts_are_engine_tokens_and_text_uses_the_tokenizer() {
         let m = model(true);
         let local = LocalTokenizer::new(4);
-        let ids = parse(Endpoint::Completions, br#"{"model":"m","prompt":[9707,1879]}"#).expect("parses");
-        assert_eq!(local.tokenize_now(&m, &ids), Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine });
-        let text = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");
+        let ids = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":[9707,1879]}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            local.tokenize_now(&m, &ids),
+            Tokens {
+                ids: vec![9707, 1879],
+                space: TokenSpace::Engine
+            }
+        );
+        let text = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":"Hello world"}"#,
+        )
+        .expect("parses");
         let t = local.tokenize_now(&m, &text);
         assert_eq!(t.ids, vec![9707, 1879]);
         assert!(matches!(t.space, TokenSpace::Local(_)));
-        assert_eq!(local.tokenize_now(&model(false), &text).space, TokenSpace::Approx);
+        assert_eq!(
+            local.tokenize_now(&model(false), &text).space,
+            TokenSpace::Approx
+        );
     }
 }

@@ -8,6 +8,7 @@ pub use local::LocalTokenizer;
 use crate::discovery::Model;
 use crate::openai::InferenceRequest;
 use futures::future::BoxFuture;
+use std::sync::Arc;
 
 /// Where token ids come from. Ids from different spaces never share a prefix hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,5 +56,9 @@ pub enum TokenizeError {
 /// A way to tokenize a request for routing. Implementations never see the network types of
 /// the ext_proc layer.
 pub trait Tokenize: Send + Sync {
-    fn tokenize<'a>(&'a self, model: &'a Model, req: &'a InferenceRequest) -> BoxFuture<'a, Result<Tokens, TokenizeError>>;
+    fn tokenize<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Tokens, TokenizeError>>;
 }

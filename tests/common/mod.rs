@@ -2,6 +2,7 @@
 //! metrics.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod procs;
 
 use std::path::PathBuf;

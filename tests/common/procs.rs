@@ -7,7 +7,10 @@ use std::time::Duration;
 
 pub struct Proc {
     pub child: Child,
+    /// The last `http://` address on the start-up line.
     pub addr: SocketAddr,
+    /// The whole start-up line, for binaries that report several addresses.
+    pub line: String,
 }
 
 impl Proc {
@@ -39,17 +42,17 @@ pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
                 .rsplit_once("http://")
                 .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
             {
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, line.clone()));
             }
         }
     });
-    let addr = rx
+    let (addr, line) = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("{bin} did not report its address")
         });
-    Proc { child, addr }
+    Proc { child, addr, line }
 }
 
 pub fn sim(extra: &[&str]) -> Proc {

@@ -1,0 +1,192 @@
+//! Every setting, as a flag and an environment variable, typed and validated once at start-up.
+
+use clap::{Parser, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BodyMode {
+    /// Work it out from Envoy's `protocol_config` (BUFFERED when Envoy does not say).
+    Auto,
+    Buffered,
+    FullDuplex,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    /// Cached-prefix gain weighed against load (the product).
+    Prefix,
+    Random,
+    RoundRobin,
+    LeastLoad,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 5m or 1h30m: {e}"))
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "prefix-router",
+    version,
+    about = "Envoy ext_proc router that sends LLM requests to the vLLM pod holding their prompt prefix"
+)]
+pub struct Config {
+    /// Address every server binds (ext_proc, gRPC health, metrics).
+    #[arg(long, env = "PREFIX_ROUTER_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// ext_proc gRPC port (gRPC health is served here too).
+    #[arg(long, env = "PREFIX_ROUTER_GRPC_PORT", default_value_t = 9002)]
+    pub grpc_port: u16,
+    /// gRPC health port.
+    #[arg(long, env = "PREFIX_ROUTER_GRPC_HEALTH_PORT", default_value_t = 9003)]
+    pub grpc_health_port: u16,
+    /// HTTP port for /metrics, /healthz, /readyz and /debug/endpoints.
+    #[arg(long, env = "PREFIX_ROUTER_METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+
+    /// YAML file of models and endpoints (the embedded default discovery).
+    #[arg(long, env = "PREFIX_ROUTER_ENDPOINTS_FILE")]
+    pub endpoints_file: PathBuf,
+    /// How often the endpoints file is checked for changes.
+    #[arg(long, env = "PREFIX_ROUTER_ENDPOINTS_POLL", default_value = "1s", value_parser = duration)]
+    pub endpoints_poll: Duration,
+
+    /// ext_proc request body mode.
+    #[arg(long, env = "PREFIX_ROUTER_BODY_MODE", value_enum, default_value_t = BodyMode::Auto)]
+    pub body_mode: BodyMode,
+    /// Largest request body accepted; larger gets 413.
+    #[arg(long, env = "PREFIX_ROUTER_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Header carrying the chosen `ip:port` (AIBrix uses `target-pod`). The `envoy.lb` metadata key
+    /// stays `x-gateway-destination-endpoint`, as the Gateway API Inference Extension defines it.
+    #[arg(
+        long,
+        env = "PREFIX_ROUTER_DESTINATION_HEADER",
+        default_value = "x-gateway-destination-endpoint"
+    )]
+    pub destination_header: String,
+    /// Fallback endpoints appended to the destination (comma list; needs Envoy's override_host policy).
+    #[arg(long, env = "PREFIX_ROUTER_FALLBACK_ENDPOINTS", default_value_t = 0)]
+    pub fallback_endpoints: usize,
+
+    /// Tokens per KV-cache block (vLLM's --block-size).
+    #[arg(long, env = "PREFIX_ROUTER_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// Blocks the prefix index remembers per pod before forgetting the least recently used.
+    #[arg(
+        long,
+        env = "PREFIX_ROUTER_INDEX_BLOCKS_PER_POD",
+        default_value_t = 65_536
+    )]
+    pub index_blocks_per_pod: usize,
+    /// Bytes per token when no tokenizer is at hand (the byte approximation).
+    #[arg(
+        long,
+        env = "PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN",
+        default_value_t = 4
+    )]
+    pub approx_bytes_per_token: usize,
+
+    /// Routing policy.
+    #[arg(long, env = "PREFIX_ROUTER_POLICY", value_enum, default_value_t = PolicyKind::Prefix)]
+    pub policy: PolicyKind,
+    /// Prefix policy: cost of one uncached prompt block.
+    #[arg(long, env = "PREFIX_ROUTER_PREFIX_WEIGHT", default_value_t = 1.0)]
+    pub prefix_weight: f64,
+    /// Prefix policy: cost of one in-flight request on a pod, in blocks.
+    #[arg(long, env = "PREFIX_ROUTER_LOAD_WEIGHT", default_value_t = 8.0)]
+    pub load_weight: f64,
+    /// Balance guard: pass over a pod with this many more in-flight requests than the least loaded…
+    #[arg(long, env = "PREFIX_ROUTER_BALANCE_ABS_THRESHOLD", default_value_t = 8)]
+    pub balance_abs_threshold: u64,
+    /// …that is also this many times as loaded.
+    #[arg(
+        long,
+        env = "PREFIX_ROUTER_BALANCE_REL_THRESHOLD",
+        default_value_t = 1.5
+    )]
+    pub balance_rel_threshold: f64,
+    /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
+    #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
+    pub max_inflight_per_pod: u64,
+    /// A routed request stops counting against its pod after this long even if Envoy never ends it.
+    #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]
+    pub inflight_ttl: Duration,
+}
+
+impl Config {
+    /// Checks what clap cannot: relations and ranges. The message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 8] = [
+            (self.block_size > 0, "--block-size (PREFIX_ROUTER_BLOCK_SIZE) must be > 0"),
+            (self.index_blocks_per_pod > 0, "--index-blocks-per-pod (PREFIX_ROUTER_INDEX_BLOCKS_PER_POD) must be > 0"),
+            (self.approx_bytes_per_token > 0, "--approx-bytes-per-token (PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN) must be > 0"),
+            (self.max_body_bytes > 0, "--max-body-bytes (PREFIX_ROUTER_MAX_BODY_BYTES) must be > 0"),
+            (self.prefix_weight >= 0.0 && self.prefix_weight.is_finite(), "--prefix-weight (PREFIX_ROUTER_PREFIX_WEIGHT) must be ≥ 0"),
+            (self.load_weight >= 0.0 && self.load_weight.is_finite(), "--load-weight (PREFIX_ROUTER_LOAD_WEIGHT) must be ≥ 0"),
+            (self.balance_rel_threshold >= 1.0, "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1"),
+            (
+                http::HeaderName::from_bytes(self.destination_header.as_bytes()).is_ok()
+                    && self.destination_header == self.destination_header.to_ascii_lowercase(),
+                "--destination-header (PREFIX_ROUTER_DESTINATION_HEADER) must be a lower-case HTTP header name",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err((*msg).to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design_and_bad_values_name_the_setting() {
+        let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e.yaml"])
+            .expect("parses");
+        assert_eq!(
+            (
+                c.grpc_port,
+                c.grpc_health_port,
+                c.metrics_port,
+                c.block_size
+            ),
+            (9002, 9003, 9090, 16)
+        );
+        assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
+        assert_eq!(c.max_body_bytes, 8 << 20);
+        c.validate().expect("defaults are valid");
+        let err = Config::try_parse_from([
+            "prefix-router",
+            "--endpoints-file",
+            "e",
+            "--inflight-ttl",
+            "5x",
+        ])
+        .expect_err("bad");
+        assert!(err.to_string().contains("--inflight-ttl"), "{err}");
+        let c = Config::try_parse_from([
+            "prefix-router",
+            "--endpoints-file",
+            "e",
+            "--block-size",
+            "0",
+        ])
+        .expect("parses");
+        assert!(c.validate().expect_err("invalid").contains("--block-size"));
+        let c = Config::try_parse_from([
+            "prefix-router",
+            "--endpoints-file",
+            "e",
+            "--inflight-ttl",
+            "1h30m",
+        ])
+        .expect("parses");
+        assert_eq!(c.inflight_ttl, Duration::from_secs(5400));
+    }
+}

@@ -1,0 +1,66 @@
+//! Request-headers phase: remember the path; decide at once when no body will follow; otherwise
+//! BUFFERED answers now (removing any client-sent destination header) and FULL_DUPLEX waits for
+//! the body.
+
+use super::stream::{Mode, StreamState};
+use super::{mutations, Reject};
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingResponse};
+
+pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
+    let mut content_length: Option<usize> = None;
+    for hv in h.headers.iter().flat_map(|m| m.headers.iter()) {
+        // Envoy sends values in raw_value; older versions used value.
+        let value = if hv.raw_value.is_empty() {
+            hv.value.as_bytes()
+        } else {
+            &hv.raw_value[..]
+        };
+        match hv.key.as_str() {
+            ":path" => st.path = String::from_utf8_lossy(value).into_owned(),
+            "content-length" => {
+                content_length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+            }
+            _ => {}
+        }
+    }
+    if let Mode::Unsupported(m) = st.mode {
+        st.request_done = true;
+        return reject(st, Reject::UnsupportedMode(m));
+    }
+    if content_length.is_some_and(|n| n > st.ctx.max_body_bytes) {
+        st.request_done = true;
+        return reject(
+            st,
+            Reject::BodyTooLarge {
+                limit: st.ctx.max_body_bytes,
+            },
+        );
+    }
+    if h.end_of_stream || st.mode == Mode::NoBody {
+        st.request_done = true;
+        return match st.ctx.router.route_anywhere() {
+            Ok(d) => {
+                let value = d.destination();
+                st.hold(d);
+                vec![mutations::request_headers(st.header(), Some(&value))]
+            }
+            Err(e) => reject(st, e.into()),
+        };
+    }
+    match st.mode {
+        Mode::FullDuplex => Vec::new(),
+        _ => vec![mutations::request_headers(st.header(), None)],
+    }
+}
+
+pub fn reject(st: &StreamState, r: Reject) -> Vec<ProcessingResponse> {
+    st.ctx
+        .metrics
+        .rejections
+        .with_label_values(&[&r.status().to_string()])
+        .inc();
+    tracing::debug!(status = r.status(), reason = %r, "request answered by the router");
+    vec![r.to_response()]
+}

@@ -1,0 +1,207 @@
+//! Every metric name lives here. Labels carry only server-controlled values (model, pod address,
+//! outcome, phase, status) — never request text.
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
+
+/// Microsecond buckets from 5 µs to 10 s.
+const MICROS: &[f64] = &[
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 1e6,
+    1e7,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Routing decisions by model and outcome (prefix_hit, miss, load_override, load_only, baseline).
+    pub decisions: IntCounterVec,
+    /// Time in each phase of a decision: parse, tokenize, hash, lookup, pick, total.
+    pub phase_us: HistogramVec,
+    /// Matched prefix blocks / prompt blocks of the chosen pod, per model.
+    pub matched_ratio: HistogramVec,
+    /// Requests answered by the router itself, by HTTP status.
+    pub rejections: IntCounterVec,
+    /// Tokens that did not come from the engine's own tokenizer, by token space.
+    pub tokenized: IntCounterVec,
+    /// ext_proc streams by body mode.
+    pub streams: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_decisions_total",
+                "Routing decisions by outcome",
+            ),
+            &["model", "outcome"],
+        )?;
+        let phase_us = HistogramVec::new(
+            HistogramOpts::new(
+                "prefix_router_phase_duration_microseconds",
+                "Time per routing phase",
+            )
+            .buckets(MICROS.to_vec()),
+            &["phase"],
+        )?;
+        let matched_ratio = HistogramVec::new(
+            HistogramOpts::new(
+                "prefix_router_matched_prefix_ratio",
+                "Cached share of the prompt on the chosen pod",
+            )
+            .buckets(vec![0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]),
+            &["model"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_rejections_total",
+                "Requests answered by the router with an error",
+            ),
+            &["status"],
+        )?;
+        let tokenized = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_tokenized_requests_total",
+                "Requests tokenized, by token space",
+            ),
+            &["space"],
+        )?;
+        let streams = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_extproc_streams_total",
+                "ext_proc streams by body mode",
+            ),
+            &["mode"],
+        )?;
+        for c in [
+            &decisions as &dyn CollectorClone,
+            &phase_us,
+            &matched_ratio,
+            &rejections,
+            &tokenized,
+            &streams,
+        ] {
+            registry.register(c.boxed())?;
+        }
+        Ok(Self {
+            registry,
+            decisions,
+            phase_us,
+            matched_ratio,
+            rejections,
+            tokenized,
+            streams,
+        })
+    }
+
+    pub fn observe_phase(&self, phase: &str, elapsed: std::time::Duration) {
+        self.phase_us
+            .with_label_values(&[phase])
+            .observe(elapsed.as_secs_f64() * 1e6);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &self.registry.gather(),
+            &mut out,
+        );
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+trait CollectorClone {
+    fn boxed(&self) -> Box<dyn Collector>;
+}
+impl<T: Collector + Clone + 'static> CollectorClone for T {
+    fn boxed(&self) -> Box<dyn Collector> {
+        Box::new(self.clone())
+    }
+}
+
+/// Per-pod and per-model gauges read from live state at scrape time, so a removed pod's series
+/// vanish with it.
+pub struct StateCollector<F> {
+    descs: Vec<Desc>,
+    sample: F,
+}
+
+/// One scrape's worth of state.
+#[derive(Debug, Default)]
+pub struct StateSample {
+    /// (model, pod address, in-flight requests)
+    pub inflight: Vec<(String, String, u64)>,
+    /// (model, ready endpoints)
+    pub endpoints: Vec<(String, u64)>,
+    /// (model, pod address, blocks indexed)
+    pub index_blocks: Vec<(String, String, u64)>,
+}
+
+fn gauges() -> Result<(IntGaugeVec, IntGaugeVec, IntGaugeVec), prometheus::Error> {
+    Ok((
+        IntGaugeVec::new(
+            Opts::new(
+                "prefix_router_inflight_requests",
+                "Routed requests not yet finished",
+            ),
+            &["model", "pod"],
+        )?,
+        IntGaugeVec::new(
+            Opts::new("prefix_router_endpoints", "Ready endpoints per model"),
+            &["model"],
+        )?,
+        IntGaugeVec::new(
+            Opts::new("prefix_router_index_blocks", "Prefix-index blocks per pod"),
+            &["model", "pod"],
+        )?,
+    ))
+}
+
+impl<F: Fn() -> StateSample + Send + Sync> StateCollector<F> {
+    pub fn new(sample: F) -> Result<Self, prometheus::Error> {
+        let (a, b, c) = gauges()?;
+        let descs = [a.desc(), b.desc(), c.desc()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        Ok(Self { descs, sample })
+    }
+}
+
+impl<F: Fn() -> StateSample + Send + Sync> Collector for StateCollector<F> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok((inflight, endpoints, index)) = gauges() else {
+            return Vec::new();
+        };
+        let s = (self.sample)();
+        for (model, pod, n) in &s.inflight {
+            inflight.with_label_values(&[model, pod]).set(*n as i64);
+        }
+        for (model, n) in &s.endpoints {
+            endpoints.with_label_values(&[model]).set(*n as i64);
+        }
+        for (model, pod, n) in &s.index_blocks {
+            index.with_label_values(&[model, pod]).set(*n as i64);
+        }
+        [inflight.collect(), endpoints.collect(), index.collect()].concat()
+    }
+}
+
+pub fn register_state<F>(metrics: &Metrics, sample: F) -> Result<(), prometheus::Error>
+where
+    F: Fn() -> StateSample + Send + Sync + 'static,
+{
+    metrics
+        .registry
+        .register(Box::new(StateCollector::new(sample)?))
+}
+
+pub type SharedMetrics = Arc<Metrics>;

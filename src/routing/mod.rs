@@ -1,0 +1,324 @@
+//! The decision path: model → ready pods → tokens → block hashes → index lookup → policy pick →
+//! record + in-flight guard. Nothing here knows about ext_proc or HTTP.
+
+pub mod policy;
+
+use crate::config::{Config, PolicyKind};
+use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot};
+use crate::metrics::{Metrics, StateSample};
+use crate::openai::{InferenceRequest, Kind};
+use crate::prefix::{block_hashes, HashSeed, PodId, PrefixIndex};
+use crate::tokenizer::Tokenize;
+use policy::{
+    Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts,
+    RoundRobin,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    #[error("The model `{0}` does not exist.")]
+    UnknownModel(String),
+    #[error("The model `{0}` has no ready endpoint.")]
+    NoReadyEndpoint(String),
+    #[error("No ready endpoint is available.")]
+    NoEndpoints,
+    #[error("Every endpoint of the model `{0}` is at its in-flight limit; retry later.")]
+    Overloaded(String),
+}
+
+/// Where a request goes, and the in-flight count it holds there until dropped.
+#[derive(Debug)]
+pub struct Decision {
+    /// Primary first, then fallbacks.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub outcome: Outcome,
+    pub guard: InflightGuard,
+}
+
+impl Decision {
+    /// `ip:port[,ip:port…]`, IPv6 bracketed.
+    pub fn destination(&self) -> String {
+        let addrs: Vec<String> = self.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        addrs.join(",")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    pub policy: PolicyKind,
+    pub params: PrefixParams,
+    pub block_size: usize,
+    pub index_blocks_per_pod: usize,
+    pub fallbacks: usize,
+    pub max_inflight_per_pod: u64,
+}
+
+impl RoutingConfig {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            policy: c.policy,
+            params: PrefixParams {
+                prefix_weight: c.prefix_weight,
+                load_weight: c.load_weight,
+                balance_abs: c.balance_abs_threshold,
+                balance_rel: c.balance_rel_threshold,
+            },
+            block_size: c.block_size,
+            index_blocks_per_pod: c.index_blocks_per_pod,
+            fallbacks: c.fallback_endpoints,
+            max_inflight_per_pod: c.max_inflight_per_pod,
+        }
+    }
+}
+
+/// Per-model routing state: its prefix index and its policy object.
+struct ModelState {
+    index: RwLock<PrefixIndex>,
+    policy: Box<dyn Policy>,
+}
+
+type Models = Arc<RwLock<HashMap<String, Arc<ModelState>>>>;
+
+pub struct Router {
+    registry: Arc<Registry>,
+    tokenizer: Arc<dyn Tokenize>,
+    cfg: RoutingConfig,
+    models: Models,
+    /// Policy for requests that name no model.
+    anywhere: Box<dyn Policy>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(
+        registry: Arc<Registry>,
+        tokenizer: Arc<dyn Tokenize>,
+        cfg: RoutingConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let anywhere = make_policy(&cfg);
+        Self {
+            registry,
+            tokenizer,
+            cfg,
+            models: Arc::default(),
+            anywhere,
+            metrics,
+        }
+    }
+
+    /// Routes a parsed request within its model.
+    pub async fn route(&self, req: &InferenceRequest) -> Result<Decision, RouteError> {
+        let started = Instant::now();
+        let snapshot = self.registry.snapshot();
+        let model = snapshot
+            .models
+            .get(&req.model)
+            .ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
+        if model.endpoints.is_empty() {
+            return Err(RouteError::NoReadyEndpoint(req.model.clone()));
+        }
+        let state = self.model_state(&req.model);
+
+        let hashes = if matches!(req.kind, Kind::Other) {
+            Vec::new()
+        } else {
+            let t = Instant::now();
+            // The trait's implementations fall back internally; an error here means "no tokens".
+            let tokens = self.tokenizer.tokenize(model, req).await.ok();
+            self.metrics.observe_phase("tokenize", t.elapsed());
+            let t = Instant::now();
+            let hashes = tokens.map_or_else(Vec::new, |tokens| {
+                self.metrics
+                    .tokenized
+                    .with_label_values(&[tokens.space.label()])
+                    .inc();
+                let seed = HashSeed::new(&req.model, req.cache_salt.as_deref(), tokens.space.id());
+                block_hashes(&tokens.ids, self.cfg.block_size, seed)
+            });
+            self.metrics.observe_phase("hash", t.elapsed());
+            hashes
+        };
+
+        let t = Instant::now();
+        let candidates: Vec<&Arc<Endpoint>> = model
+            .endpoints
+            .iter()
+            .filter(|e| {
+                self.cfg.max_inflight_per_pod == 0 || e.inflight() < self.cfg.max_inflight_per_pod
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(RouteError::Overloaded(req.model.clone()));
+        }
+        let facts: Vec<Candidate> = {
+            let index = state.index.read().unwrap_or_else(|p| p.into_inner());
+            let matches = index.lookup(&hashes);
+            candidates
+                .iter()
+                .map(|e| Candidate {
+                    matched_blocks: matches.get(e.id),
+                    inflight: e.inflight(),
+                    index_blocks: index.pod_blocks(e.id),
+                })
+                .collect()
+        };
+        self.metrics.observe_phase("lookup", t.elapsed());
+
+        let t = Instant::now();
+        let pick = state.policy.pick(
+            &facts,
+            &RequestFacts {
+                prompt_blocks: hashes.len(),
+            },
+        );
+        self.metrics.observe_phase("pick", t.elapsed());
+        let Pick::Chosen { order, outcome } = pick else {
+            return Err(RouteError::NoReadyEndpoint(req.model.clone()));
+        };
+        let chosen = order[0];
+        if !hashes.is_empty() {
+            state
+                .index
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(candidates[chosen].id, &hashes);
+            let ratio = facts[chosen].matched_blocks as f64 / hashes.len() as f64;
+            self.metrics
+                .matched_ratio
+                .with_label_values(&[&req.model])
+                .observe(ratio);
+        }
+        self.metrics
+            .decisions
+            .with_label_values(&[&req.model, outcome.label()])
+            .inc();
+        self.metrics.observe_phase("total", started.elapsed());
+        Ok(self.decision(order.iter().map(|&i| candidates[i]), outcome))
+    }
+
+    /// Routes a request that names no model (no body, or a body without one) to any ready pod,
+    /// on load alone.
+    pub fn route_anywhere(&self) -> Result<Decision, RouteError> {
+        let snapshot = self.registry.snapshot();
+        let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().collect();
+        let facts: Vec<Candidate> = all
+            .iter()
+            .map(|e| Candidate {
+                matched_blocks: 0,
+                inflight: e.inflight(),
+                index_blocks: 0,
+            })
+            .collect();
+        match self
+            .anywhere
+            .pick(&facts, &RequestFacts { prompt_blocks: 0 })
+        {
+            Pick::Chosen { order, outcome } => {
+                self.metrics
+                    .decisions
+                    .with_label_values(&["", outcome.label()])
+                    .inc();
+                Ok(self.decision(order.iter().map(|&i| all[i]), outcome))
+            }
+            Pick::NoCandidates => Err(RouteError::NoEndpoints),
+        }
+    }
+
+    fn decision<'a>(
+        &self,
+        ordered: impl Iterator<Item = &'a Arc<Endpoint>>,
+        outcome: Outcome,
+    ) -> Decision {
+        let endpoints: Vec<Arc<Endpoint>> = ordered.take(1 + self.cfg.fallbacks).cloned().collect();
+        let guard = InflightGuard::new(Arc::clone(&endpoints[0]));
+        Decision {
+            endpoints,
+            outcome,
+            guard,
+        }
+    }
+
+    fn model_state(&self, model: &str) -> Arc<ModelState> {
+        if let Some(s) = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+        {
+            return Arc::clone(s);
+        }
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {
+            Arc::new(ModelState {
+                index: RwLock::new(PrefixIndex::new(self.cfg.index_blocks_per_pod)),
+                policy: make_policy(&self.cfg),
+            })
+        }))
+    }
+
+    /// Drops index entries of pods (and models) that left discovery.
+    pub fn purge(&self, snapshot: &Snapshot) {
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        models.retain(|name, _| snapshot.models.contains_key(name));
+        for (name, state) in models.iter() {
+            let live: HashSet<PodId> = snapshot.models[name]
+                .endpoints
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<PodId> = index.pods().filter(|p| !live.contains(p)).collect();
+            for pod in gone {
+                index.remove_pod(pod);
+            }
+        }
+    }
+
+    /// Purges on every discovery change until the registry goes away or `stop` fires.
+    pub async fn follow_discovery(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut changes = self.registry.subscribe();
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            let snapshot = Arc::clone(&changes.borrow_and_update());
+            self.purge(&snapshot);
+        }
+    }
+
+    /// Live state for the scrape-time gauges.
+    pub fn sample(&self) -> StateSample {
+        let snapshot = self.registry.snapshot();
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let mut s = StateSample::default();
+        for (name, model) in &snapshot.models {
+            s.endpoints
+                .push((name.clone(), model.endpoints.len() as u64));
+            let index = models
+                .get(name)
+                .map(|m| m.index.read().unwrap_or_else(|p| p.into_inner()));
+            for e in &model.endpoints {
+                s.inflight
+                    .push((name.clone(), e.addr.to_string(), e.inflight()));
+                let blocks = index.as_ref().map_or(0, |i| i.pod_blocks(e.id));
+                s.index_blocks
+                    .push((name.clone(), e.addr.to_string(), blocks as u64));
+            }
+        }
+        s
+    }
+}
+
+fn make_policy(cfg: &RoutingConfig) -> Box<dyn Policy> {
+    match cfg.policy {
+        PolicyKind::Prefix => Box::new(PrefixAware(cfg.params)),
+        PolicyKind::Random => Box::new(Random),
+        PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
+        PolicyKind::LeastLoad => Box::new(LeastLoad),
+    }
+}

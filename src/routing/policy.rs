@@ -1,0 +1,288 @@
+//! Scoring policies. Each sees the model's admissible pods with their cached-prefix and load
+//! facts and returns an order of preference (primary first) with the reason, or a typed refusal.
+
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One admissible pod, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    /// Leading prompt blocks the index says this pod holds.
+    pub matched_blocks: usize,
+    /// Requests routed to it and not yet finished.
+    pub inflight: u64,
+    /// Blocks the index holds for it in all: how much of the cache space it already uses.
+    pub index_blocks: usize,
+}
+
+/// What the request brings, borrowed so new facts can arrive without changing signatures.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts {
+    /// Full blocks in the prompt (0 when routed on load alone).
+    pub prompt_blocks: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to the pod holding the longest cached prefix.
+    PrefixHit,
+    /// No pod held any of the prompt: placed on load.
+    Miss,
+    /// The pod with the longest prefix was passed over for load.
+    LoadOverride,
+    /// No prompt to match (other paths, bodiless requests).
+    LoadOnly,
+    /// A baseline policy (random, round-robin, least-load).
+    Baseline,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::PrefixHit => "prefix_hit",
+            Outcome::Miss => "miss",
+            Outcome::LoadOverride => "load_override",
+            Outcome::LoadOnly => "load_only",
+            Outcome::Baseline => "baseline",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pick {
+    /// Indexes into the candidates, best first.
+    Chosen {
+        order: Vec<usize>,
+        outcome: Outcome,
+    },
+    NoCandidates,
+}
+
+pub trait Policy: Send + Sync {
+    fn pick(&self, candidates: &[Candidate], facts: &RequestFacts) -> Pick;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefixParams {
+    /// Cost of one uncached prompt block (it must be prefilled).
+    pub prefix_weight: f64,
+    /// Cost of one request in flight on the pod, in blocks.
+    pub load_weight: f64,
+    /// A pod is passed over when its in-flight count exceeds the least loaded pod's by more than
+    /// this many requests…
+    pub balance_abs: u64,
+    /// …and is more than this many times the least loaded pod's.
+    pub balance_rel: f64,
+}
+
+/// Cost = prefix_weight × uncached blocks + load_weight × in-flight requests, among pods the
+/// balance guard admits; ties go to the pod with the smaller index footprint, then at random.
+#[derive(Debug)]
+pub struct PrefixAware(pub PrefixParams);
+
+impl Policy for PrefixAware {
+    fn pick(&self, c: &[Candidate], facts: &RequestFacts) -> Pick {
+        let Some(min_load) = c.iter().map(|x| x.inflight).min() else {
+            return Pick::NoCandidates;
+        };
+        let p = &self.0;
+        let guarded = |x: &Candidate| {
+            x.inflight > min_load + p.balance_abs
+                && (x.inflight as f64) > p.balance_rel * min_load as f64
+        };
+        let cost = |x: &Candidate| {
+            let uncached = facts.prompt_blocks.saturating_sub(x.matched_blocks);
+            p.prefix_weight * uncached as f64 + p.load_weight * x.inflight as f64
+        };
+        let mut rng = rand::rng();
+        let mut keyed: Vec<(bool, f64, usize, u32, usize)> = c
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (guarded(x), cost(x), x.index_blocks, rng.random::<u32>(), i))
+            .collect();
+        keyed.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        let order: Vec<usize> = keyed.iter().map(|k| k.4).collect();
+        let best_match = c.iter().map(|x| x.matched_blocks).max().unwrap_or(0);
+        let outcome = if facts.prompt_blocks == 0 {
+            Outcome::LoadOnly
+        } else if best_match == 0 {
+            Outcome::Miss
+        } else if c[order[0]].matched_blocks == best_match {
+            Outcome::PrefixHit
+        } else {
+            Outcome::LoadOverride
+        };
+        Pick::Chosen { order, outcome }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Random;
+
+impl Policy for Random {
+    fn pick(&self, c: &[Candidate], _: &RequestFacts) -> Pick {
+        if c.is_empty() {
+            return Pick::NoCandidates;
+        }
+        let mut order: Vec<usize> = (0..c.len()).collect();
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+        Pick::Chosen {
+            order,
+            outcome: Outcome::Baseline,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RoundRobin(AtomicUsize);
+
+impl Policy for RoundRobin {
+    fn pick(&self, c: &[Candidate], _: &RequestFacts) -> Pick {
+        if c.is_empty() {
+            return Pick::NoCandidates;
+        }
+        let start = self.0.fetch_add(1, Ordering::Relaxed) % c.len();
+        let order = (0..c.len()).map(|i| (start + i) % c.len()).collect();
+        Pick::Chosen {
+            order,
+            outcome: Outcome::Baseline,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LeastLoad;
+
+impl Policy for LeastLoad {
+    fn pick(&self, c: &[Candidate], _: &RequestFacts) -> Pick {
+        if c.is_empty() {
+            return Pick::NoCandidates;
+        }
+        let mut rng = rand::rng();
+        let mut keyed: Vec<(u64, u32, usize)> = c
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (x.inflight, rng.random(), i))
+            .collect();
+        keyed.sort_unstable();
+        Pick::Chosen {
+            order: keyed.into_iter().map(|k| k.2).collect(),
+            outcome: Outcome::Baseline,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(matched_blocks: usize, inflight: u64) -> Candidate {
+        Candidate {
+            matched_blocks,
+            inflight,
+            index_blocks: 0,
+        }
+    }
+
+    const PARAMS: PrefixParams = PrefixParams {
+        prefix_weight: 1.0,
+        load_weight: 8.0,
+        balance_abs: 8,
+        balance_rel: 1.5,
+    };
+
+    fn first(p: &dyn Policy, c: &[Candidate], blocks: usize) -> (usize, Outcome) {
+        match p.pick(
+            c,
+            &RequestFacts {
+                prompt_blocks: blocks,
+            },
+        ) {
+            Pick::Chosen { order, outcome } => (order[0], outcome),
+            Pick::NoCandidates => panic!("no pick"),
+        }
+    }
+
+    #[test]
+    fn prefers_the_cached_prefix_until_load_outweighs_it() {
+        let p = PrefixAware(PARAMS);
+        assert_eq!(
+            first(&p, &[cand(0, 0), cand(100, 2), cand(10, 0)], 125),
+            (1, Outcome::PrefixHit)
+        );
+        // 100 blocks saved < 8 × 13 extra in flight: the load wins.
+        assert_eq!(
+            first(&p, &[cand(0, 0), cand(100, 13)], 125),
+            (0, Outcome::LoadOverride)
+        );
+        assert_eq!(
+            first(&p, &[cand(0, 3), cand(0, 1)], 125),
+            (1, Outcome::Miss)
+        );
+        assert_eq!(
+            first(&p, &[cand(0, 3), cand(0, 1)], 0),
+            (1, Outcome::LoadOnly)
+        );
+    }
+
+    #[test]
+    fn balance_guard_passes_over_an_overloaded_pod_whatever_it_holds() {
+        let p = PrefixAware(PrefixParams {
+            load_weight: 0.0,
+            ..PARAMS
+        });
+        assert_eq!(
+            first(&p, &[cand(0, 0), cand(1000, 9)], 1000),
+            (0, Outcome::LoadOverride)
+        );
+        assert_eq!(
+            first(&p, &[cand(0, 0), cand(1000, 8)], 1000),
+            (1, Outcome::PrefixHit)
+        );
+        // 29 is 9 more than 20 (over the absolute threshold) but within 1.5× of it: not guarded.
+        assert_eq!(
+            first(&p, &[cand(0, 20), cand(1000, 29)], 1000),
+            (1, Outcome::PrefixHit)
+        );
+        assert_eq!(
+            first(&p, &[cand(0, 20), cand(1000, 31)], 1000),
+            (0, Outcome::LoadOverride)
+        );
+    }
+
+    #[test]
+    fn misses_spread_over_pods_with_smaller_index_footprint() {
+        let p = PrefixAware(PARAMS);
+        let c = [
+            Candidate {
+                matched_blocks: 0,
+                inflight: 0,
+                index_blocks: 50,
+            },
+            Candidate {
+                matched_blocks: 0,
+                inflight: 0,
+                index_blocks: 10,
+            },
+        ];
+        assert_eq!(first(&p, &c, 10).0, 1);
+    }
+
+    #[test]
+    fn baselines_cover_every_pod() {
+        let c = [cand(0, 5), cand(0, 1), cand(0, 3)];
+        let rr = RoundRobin::default();
+        let seen: std::collections::HashSet<usize> = (0..3).map(|_| first(&rr, &c, 1).0).collect();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(first(&LeastLoad, &c, 1).0, 1);
+        assert!(matches!(
+            Random.pick(&[], &RequestFacts { prompt_blocks: 1 }),
+            Pick::NoCandidates
+        ));
+    }
+}

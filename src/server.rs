@@ -1,0 +1,210 @@
+//! Wiring: discovery, tokenizer, router, and the three servers (ext_proc + gRPC health, gRPC
+//! health, admin HTTP). Every background task is owned here and stops on shutdown.
+
+use crate::config::Config;
+use crate::discovery::static_file::StaticFile;
+use crate::discovery::{DiscoveryError, Registry};
+use crate::extproc::{Context, ExtProc};
+use crate::metrics::{self, Metrics};
+use crate::routing::{Router, RoutingConfig};
+use crate::tokenizer::LocalTokenizer;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
+
+pub const EXTPROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((l, bound))
+}
+
+#[derive(Clone)]
+struct Admin {
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+}
+
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    cfg.validate().map_err(StartError::Config)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let registry = Arc::new(Registry::new());
+    let mut file = StaticFile::new(cfg.endpoints_file.clone());
+    file.load_into(&registry)?;
+
+    let tokenizer = Arc::new(LocalTokenizer::new(cfg.approx_bytes_per_token));
+    let router = Arc::new(Router::new(
+        Arc::clone(&registry),
+        tokenizer,
+        RoutingConfig::from_config(&cfg),
+        Arc::clone(&metrics),
+    ));
+    {
+        let router = Arc::clone(&router);
+        metrics::register_state(&metrics, move || router.sample())?;
+    }
+
+    let (grpc, grpc_addr) = bind(SocketAddr::new(cfg.host, cfg.grpc_port)).await?;
+    let (health, health_addr) = bind(SocketAddr::new(cfg.host, cfg.grpc_health_port)).await?;
+    let (admin, admin_addr) = bind(SocketAddr::new(cfg.host, cfg.metrics_port)).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("liveness", ServingStatus::Serving)
+        .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Readiness follows discovery's first full sync.
+    tasks.spawn(follow_readiness(
+        reporter.clone(),
+        Arc::clone(&registry),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone()));
+    tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
+
+    let extproc = ExtProc::new(Context {
+        router,
+        metrics: Arc::clone(&metrics),
+        body_mode: cfg.body_mode,
+        max_body_bytes: cfg.max_body_bytes,
+        destination_header: cfg.destination_header.clone(),
+        inflight_ttl: cfg.inflight_ttl,
+    });
+    // Room for the largest body we accept plus the message around it.
+    let max_msg = cfg.max_body_bytes.saturating_add(1 << 20);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            ExternalProcessorServer::new(extproc)
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(max_msg),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+    let health_server = tonic::transport::Server::builder()
+        .add_service(HealthServer::new(HealthService::from_health_reporter(
+            reporter,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(health), stopped(stop_rx.clone()));
+    let admin_app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics_handler))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/debug/endpoints", axum::routing::get(endpoints_handler))
+        .with_state(Admin { metrics, registry });
+    let admin_server =
+        axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    // Scripts and tests read the bound addresses from this line.
+    println!("prefix-router listening on grpc={grpc_addr} health={health_addr} admin=http://{admin_addr}");
+    tracing::info!(%grpc_addr, %health_addr, %admin_addr, "prefix-router ready");
+    tasks.spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (g, h, a) = tokio::join!(grpc_server, health_server, admin_server);
+    tasks.abort_all();
+    g?;
+    h?;
+    a.map_err(StartError::Admin)
+}
+
+async fn follow_readiness(
+    reporter: HealthReporter,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut synced = registry.subscribe_synced();
+    loop {
+        let status = if *synced.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for svc in ["", "readiness", EXTPROC_SERVICE] {
+            reporter.set_service_status(svc, status).await;
+        }
+        tokio::select! {
+            changed = synced.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn metrics_handler(State(a): State<Admin>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        a.metrics.render(),
+    )
+}
+
+async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
+    if a.registry.is_synced() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "discovery has not synced")
+    }
+}
+
+/// Models, their ready endpoints and in-flight counts: what the router sees now.
+async fn endpoints_handler(State(a): State<Admin>) -> axum::Json<serde_json::Value> {
+    let snap = a.registry.snapshot();
+    let mut models: Vec<_> = snap.models.values().collect();
+    models.sort_by(|x, y| x.name.cmp(&y.name));
+    let out: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "model": m.name,
+                "local_tokenizer": m.tokenizer.is_some(),
+                "endpoints": m.endpoints.iter().map(|e| serde_json::json!({
+                    "address": e.addr.to_string(), "engine": format!("{:?}", e.engine).to_lowercase(),
+                    "inflight": e.inflight(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "models": out }))
+}
