@@ -58,34 +58,68 @@ pub enum Endpoint {
     Other,
 }
 
+/// The fields routing reads. Everything else is skipped without being built, and `prompt` is
+/// read in one pass into its own shape (a `Value` tree of 8k token ids costs ~100 µs).
+#[derive(serde::Deserialize)]
+struct Body {
+    model: Option<Value>,
+    prompt: Option<PromptField>,
+    messages: Option<Value>,
+    tools: Option<Value>,
+    add_generation_prompt: Option<Value>,
+    continue_final_message: Option<Value>,
+    chat_template: Option<Value>,
+    chat_template_kwargs: Option<Value>,
+    cache_salt: Option<Value>,
+    stream: Option<Value>,
+}
+
 pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseError> {
-    let obj = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(obj)) => obj,
-        Ok(_) => return Err(ParseError::NotAnObject),
-        Err(e) => return Err(ParseError::InvalidJson(e.to_string())),
-    };
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    use serde_json::error::Category;
+    let b: Body = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ParseError::InvalidJson(e.to_string()),
+        _ if body.trim_ascii_start().first() != Some(&b'{') => ParseError::NotAnObject,
+        // A well-formed object whose fields have the wrong shape (e.g. a bad prompt).
+        _ => ParseError::Invalid(e.to_string()),
+    })?;
+    let model = match b.model {
+        Some(Value::String(m)) if !m.is_empty() => m,
         Some(Value::String(_)) | None | Some(Value::Null) => return Err(ParseError::MissingModel),
         Some(_) => return Err(ParseError::Invalid("'model' must be a string".into())),
     };
-    let cache_salt = match obj.get("cache_salt") {
+    let cache_salt = match b.cache_salt {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
         Some(_) => {
             return Err(ParseError::Invalid(
                 "'cache_salt' must be a non-empty string".into(),
             ))
         }
     };
-    let stream = match obj.get("stream") {
+    let stream = match b.stream {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        Some(Value::Bool(v)) => v,
         Some(_) => return Err(ParseError::Invalid("'stream' must be a boolean".into())),
     };
     let kind = match endpoint {
-        Endpoint::Completions => Kind::Completion(prompt(&obj)?),
-        Endpoint::ChatCompletions => Kind::Chat(chat(&obj)?),
+        Endpoint::Completions => Kind::Completion(prompt(b.prompt)?),
+        Endpoint::ChatCompletions => {
+            let mut obj = Map::new();
+            let fields = [
+                ("messages", b.messages),
+                ("tools", b.tools),
+                ("add_generation_prompt", b.add_generation_prompt),
+                ("continue_final_message", b.continue_final_message),
+                ("chat_template", b.chat_template),
+                ("chat_template_kwargs", b.chat_template_kwargs),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    obj.insert(k.to_owned(), v);
+                }
+            }
+            Kind::Chat(chat(&obj)?)
+        }
         Endpoint::Other => Kind::Other,
     };
     Ok(InferenceRequest {
@@ -96,53 +130,138 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
     })
 }
 
-fn prompt(obj: &Map<String, Value>) -> Result<Prompt, ParseError> {
+fn prompt(field: Option<PromptField>) -> Result<Prompt, ParseError> {
     let empty = || ParseError::Invalid("'prompt' must not be empty".into());
-    let ids = |items: &[Value]| -> Result<Vec<u32>, ParseError> {
-        items
-            .iter()
-            .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
-            .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| {
-                ParseError::Invalid("token ids must be non-negative 32-bit integers".into())
-            })
-    };
-    match obj.get("prompt") {
-        None | Some(Value::Null) => Err(ParseError::Invalid("'prompt' is required".into())),
-        Some(Value::String(s)) if s.is_empty() => Err(empty()),
-        Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
-        Some(Value::Array(items)) if items.is_empty() => Err(empty()),
-        Some(Value::Array(items)) => match &items[0] {
-            Value::String(_) => {
-                let texts: Option<Vec<String>> = items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect();
-                let texts = texts.ok_or_else(|| {
-                    ParseError::Invalid("'prompt' mixes strings and other values".into())
-                })?;
-                if texts.iter().any(String::is_empty) {
-                    return Err(empty());
+    match field.and_then(|f| f.0) {
+        None => Err(ParseError::Invalid("'prompt' is required".into())),
+        Some(Prompt::Text(t)) if t.is_empty() => Err(empty()),
+        Some(Prompt::Texts(t)) if t.is_empty() || t.iter().any(String::is_empty) => Err(empty()),
+        Some(Prompt::IdLists(l)) if l.iter().any(Vec::is_empty) => Err(empty()),
+        Some(Prompt::Ids(ids)) if ids.is_empty() => Err(empty()),
+        Some(p) => Ok(p),
+    }
+}
+
+/// `prompt` in any of its four shapes (`None` for JSON null), read in one pass.
+struct PromptField(Option<Prompt>);
+
+const SHAPE: &str = "'prompt' must be a string, a list of strings, token ids or lists of token ids";
+const IDS: &str = "token ids must be non-negative 32-bit integers";
+
+impl<'de> serde::Deserialize<'de> for PromptField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PromptVisitor {
+    type Value = PromptField;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(SHAPE)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<PromptField, E> {
+        Ok(PromptField(None))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PromptField, E> {
+        Ok(PromptField(Some(Prompt::Text(v.to_owned()))))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<PromptField, E> {
+        Ok(PromptField(Some(Prompt::Text(v))))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PromptField, A::Error> {
+        use serde::de::Error;
+        let prompt = match seq.next_element::<Element>()? {
+            None => Prompt::Texts(Vec::new()),
+            Some(Element::Id(first)) => {
+                let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(1024) + 1);
+                ids.push(first);
+                // The hot loop of long prompts: straight to u32, no per-element dispatch.
+                while let Some(id) = seq
+                    .next_element::<u32>()
+                    .map_err(|_| A::Error::custom(IDS))?
+                {
+                    ids.push(id);
                 }
-                Ok(Prompt::Texts(texts))
+                Prompt::Ids(ids)
             }
-            Value::Array(_) => {
-                let lists = items
-                    .iter()
-                    .map(|v| {
-                        v.as_array().ok_or_else(|| {
-                            ParseError::Invalid("'prompt' mixes lists and other values".into())
-                        })
-                    })
-                    .map(|l| l.and_then(|l| if l.is_empty() { Err(empty()) } else { ids(l) }))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Prompt::IdLists(lists))
+            Some(Element::Text(first)) => {
+                let mut texts = vec![first];
+                while let Some(t) = seq.next_element::<Element>()? {
+                    let Element::Text(t) = t else {
+                        return Err(A::Error::custom("'prompt' mixes strings and other values"));
+                    };
+                    texts.push(t);
+                }
+                Prompt::Texts(texts)
             }
-            _ => Ok(Prompt::Ids(ids(items)?)),
-        },
-        Some(_) => Err(ParseError::Invalid(
-            "'prompt' must be a string, a list of strings, token ids or lists of token ids".into(),
-        )),
+            Some(Element::Ids(first)) => {
+                let mut lists = vec![first];
+                while let Some(l) = seq.next_element::<Element>()? {
+                    let Element::Ids(l) = l else {
+                        return Err(A::Error::custom("'prompt' mixes lists and other values"));
+                    };
+                    lists.push(l);
+                }
+                Prompt::IdLists(lists)
+            }
+        };
+        Ok(PromptField(Some(prompt)))
+    }
+}
+
+/// One element of a `prompt` list.
+enum Element {
+    Id(u32),
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl<'de> serde::Deserialize<'de> for Element {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Element;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(SHAPE)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Element, E> {
+                u32::try_from(v)
+                    .map(Element::Id)
+                    .map_err(|_| E::custom(IDS))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Element, E> {
+                u32::try_from(v)
+                    .map(Element::Id)
+                    .map_err(|_| E::custom(IDS))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Element, E> {
+                Err(E::custom(IDS))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Element, E> {
+                Ok(Element::Text(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Element, A::Error> {
+                let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(256));
+                while let Some(id) = seq
+                    .next_element::<u32>()
+                    .map_err(|_| serde::de::Error::custom(IDS))?
+                {
+                    ids.push(id);
+                }
+                Ok(Element::Ids(ids))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
