@@ -129,9 +129,9 @@ impl Engine {
         let uncached = prompt_tokens.saturating_sub(cached_tokens);
         let prefill =
             Duration::from_secs_f64(uncached as f64 * self.timing.prefill_us_per_token / 1e6);
-        {
+        if !prefill.is_zero() {
             let _compute = self.prefill.lock().await;
-            tokio::time::sleep(prefill).await;
+            pause(prefill).await;
         }
         if let Some(alloc) = running.alloc.as_mut() {
             let mut st = self.lock();
@@ -143,6 +143,13 @@ impl Engine {
 
     pub fn decode_delay(&self) -> Duration {
         Duration::from_secs_f64(self.timing.decode_ms_per_token / 1e3)
+    }
+}
+
+/// Sleeps, except for zero: tokio's timer would still wait for its next millisecond tick.
+pub async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
     }
 }
 

@@ -187,7 +187,7 @@ impl Job {
 
     async fn whole(self) -> Bytes {
         let running = self.start_all().await;
-        tokio::time::sleep(self.sim.engine.decode_delay() * self.max_tokens as u32).await;
+        super::engine::pause(self.sim.engine.decode_delay() * self.max_tokens as u32).await;
         self.sim
             .metrics
             .generation_tokens
@@ -251,7 +251,7 @@ impl Job {
         }
         for i in 0..self.max_tokens {
             if i > 0 {
-                tokio::time::sleep(self.sim.engine.decode_delay()).await;
+                super::engine::pause(self.sim.engine.decode_delay()).await;
             }
             let finish = if i + 1 == self.max_tokens {
                 json!("length")

@@ -192,6 +192,9 @@ pub async fn run(
     // Tests and scripts read the bound address from this line.
     println!("vllm-sim listening on http://{bound}");
     tracing::info!(%bound, model = %args.model, "vllm-sim ready");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, api::router(sim))
         .with_graceful_shutdown(shutdown)
         .await
