@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod extproc;
 pub mod procs;
 
 use std::path::PathBuf;
