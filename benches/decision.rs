@@ -21,25 +21,14 @@ fn router(pods: usize) -> Router {
     let endpoints = (0..pods)
         .map(|i| EndpointSpec {
             key: format!("pod-{i}"),
-            addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1)
-                .parse()
-                .expect("addr"),
+            addr: format!("10.0.{}.{}:8000", i / 250, i % 250 + 1).parse().expect("addr"),
             engine: Engine::Vllm,
         })
         .collect();
-    registry.publish(vec![ModelSpec {
-        name: "m".into(),
-        tokenizer: None,
-        endpoints,
-    }]);
+    registry.publish(vec![ModelSpec { name: "m".into(), tokenizer: None, endpoints }]);
     let cfg = RoutingConfig {
         policy: PolicyKind::Prefix,
-        params: PrefixParams {
-            prefix_weight: 1.0,
-            load_weight: 8.0,
-            balance_abs: 8,
-            balance_rel: 1.5,
-        },
+        params: PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5 },
         block_size: 16,
         index_blocks_per_pod: 65_536,
         fallbacks: 0,
@@ -52,17 +41,9 @@ fn router(pods: usize) -> Router {
 fn body(tokens: usize, family: u32, variant: u32) -> Vec<u8> {
     // Prompts of one family share their first half; variants differ after it.
     let ids: Vec<u32> = (0..tokens as u32)
-        .map(|i| {
-            if (i as usize) < tokens / 2 {
-                family * 100_000 + i
-            } else {
-                variant * 7 + i
-            }
-        })
+        .map(|i| if (i as usize) < tokens / 2 { family * 100_000 + i } else { variant * 7 + i })
         .collect();
-    serde_json::json!({"model": "m", "prompt": ids})
-        .to_string()
-        .into_bytes()
+    serde_json::json!({"model": "m", "prompt": ids}).to_string().into_bytes()
 }
 
 /// 4 prompt families per pod already routed, so lookups walk real holders.
@@ -80,17 +61,9 @@ fn decide(r: &Router, rt: &tokio::runtime::Runtime, body: &[u8]) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let mut c = Criterion::default()
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-        .configure_from_args();
-    let cases: Vec<(usize, usize)> = [1024, 8192, 32768]
-        .iter()
-        .flat_map(|&t| [8, 64].map(|p| (t, p)))
-        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let mut c = Criterion::default().measurement_time(Duration::from_secs(2)).sample_size(30).configure_from_args();
+    let cases: Vec<(usize, usize)> = [1024, 8192, 32768].iter().flat_map(|&t| [8, 64].map(|p| (t, p))).collect();
     let mut table = Vec::new();
     {
         let mut group = c.benchmark_group("decision");
@@ -116,10 +89,8 @@ fn main() {
         group.finish();
     }
 
-    let tok = HfTokenizer::from_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3"),
-    )
-    .expect("fixture");
+    let tok = HfTokenizer::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3"))
+        .expect("fixture");
     let mut tok_table = Vec::new();
     {
         let mut group = c.benchmark_group("local_tokenize");
@@ -127,18 +98,12 @@ fn main() {
             let mut text = String::new();
             let mut k = 0;
             while tok.encode(&text, true).map_or(0, |t| t.len()) < tokens {
-                text.push_str(
-                    &(0..64)
-                        .map(|i| format!("Clause {k}.{i} on block reuse. "))
-                        .collect::<String>(),
-                );
+                text.push_str(&(0..64).map(|i| format!("Clause {k}.{i} on block reuse. ")).collect::<String>());
                 k += 1;
             }
-            group.bench_with_input(
-                BenchmarkId::from_parameter(format!("{tokens}tok")),
-                &text,
-                |b, text| b.iter(|| std::hint::black_box(tok.encode(text, true).map(|t| t.len()))),
-            );
+            group.bench_with_input(BenchmarkId::from_parameter(format!("{tokens}tok")), &text, |b, text| {
+                b.iter(|| std::hint::black_box(tok.encode(text, true).map(|t| t.len())))
+            });
             let t = Instant::now();
             let n = 20;
             for _ in 0..n {
@@ -151,11 +116,7 @@ fn main() {
     println!("\n| prompt tokens | pods | decision p50 | decision p99 |");
     println!("|---:|---:|---:|---:|");
     for (tokens, pods, p50, p99) in table {
-        println!(
-            "| {tokens} | {pods} | {:.1} µs | {:.1} µs |",
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6
-        );
+        println!("| {tokens} | {pods} | {:.1} µs | {:.1} µs |", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
     }
     println!("\n| prompt tokens | local tokenization (mean of 20) |");
     println!("|---:|---:|");

@@ -21,39 +21,23 @@ impl Drop for Kill {
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
 fn start(bin: &str, args: &[&str]) -> (Kill, String) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("start-up line");
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("start-up line");
     (Kill(child), line)
 }
 
 fn envoy_bin() -> String {
     std::env::var("ENVOY_BIN").unwrap_or_else(|_| {
-        let out = Command::new("bash")
-            .arg(".ci/envoy.sh")
-            .output()
-            .expect("run .ci/envoy.sh");
+        let out = Command::new("bash").arg(".ci/envoy.sh").output().expect("run .ci/envoy.sh");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
 }
@@ -101,10 +85,7 @@ static_resources:
 
 async fn wait_port(port: u16) {
     for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -113,27 +94,15 @@ async fn wait_port(port: u16) {
 }
 
 /// Open loop at `rate` for `secs`; returns each request's latency.
-async fn fixed_rate(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Arc<String>,
-    rate: u64,
-    secs: u64,
-) -> Vec<Duration> {
+async fn fixed_rate(client: &reqwest::Client, url: &str, body: &Arc<String>, rate: u64, secs: u64) -> Vec<Duration> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     for _ in 0..rate * secs {
         tick.tick().await;
-        let (client, url, body, tx) =
-            (client.clone(), url.to_owned(), Arc::clone(body), tx.clone());
+        let (client, url, body, tx) = (client.clone(), url.to_owned(), Arc::clone(body), tx.clone());
         tokio::spawn(async move {
             let t = Instant::now();
-            let res = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await;
+            let res = client.post(url).header("content-type", "application/json").body(body.to_string()).send().await;
             let ok = match res {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                 Err(_) => false,
@@ -188,11 +157,7 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let (secs, rate, rounds) = (
-        env_or("SECONDS", 4),
-        env_or("RATE", 100),
-        env_or("ROUNDS", 3),
-    );
+    let (secs, rate, rounds) = (env_or("SECONDS", 4), env_or("RATE", 100), env_or("ROUNDS", 3));
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tok = repo.join("../shared/fixtures/qwen3");
     let tok = tok.to_str().expect("utf-8");
@@ -211,11 +176,7 @@ async fn main() {
             "0",
         ],
     );
-    let sim_addr = line
-        .trim()
-        .rsplit_once("http://")
-        .map(|(_, a)| a.to_owned())
-        .expect("sim address");
+    let sim_addr = line.trim().rsplit_once("http://").map(|(_, a)| a.to_owned()).expect("sim address");
     let dir = std::env::temp_dir().join(format!("e2e-load-{}", free_port()));
     std::fs::create_dir_all(&dir).expect("dir");
     let endpoints = dir.join("endpoints.yaml");
@@ -239,26 +200,12 @@ async fn main() {
             endpoints.to_str().expect("utf-8"),
         ],
     );
-    let grpc: String = rline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .expect("grpc")
-        .to_owned();
-    let grpc_port = grpc
-        .rsplit_once(':')
-        .map(|(_, p)| p.to_owned())
-        .expect("port");
+    let grpc: String = rline.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc").to_owned();
+    let grpc_port = grpc.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
 
     let (p_direct, p_routed) = (free_port(), free_port());
-    let sim_port = sim_addr
-        .rsplit_once(':')
-        .map(|(_, p)| p.to_owned())
-        .expect("port");
-    let _direct = envoy(
-        DIRECT
-            .replace("LISTEN", &p_direct.to_string())
-            .replace("SIM", &sim_port),
-    );
+    let sim_port = sim_addr.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
+    let _direct = envoy(DIRECT.replace("LISTEN", &p_direct.to_string()).replace("SIM", &sim_port));
     let routed_cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
         .expect("example")
         .replace("port_value: 10000", &format!("port_value: {p_routed}"))
@@ -268,27 +215,19 @@ async fn main() {
     wait_port(p_direct).await;
     wait_port(p_routed).await;
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
     let short = Arc::new(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "What is a KV cache, briefly?"}], "max_tokens": 1}).to_string());
-    let long_text: String = (0..110)
-        .map(|i| format!("Sentence {i} explains why blocks are reused. "))
-        .collect();
-    let long = Arc::new(
-        serde_json::json!({"model": "m", "prompt": long_text, "max_tokens": 1}).to_string(),
-    );
+    let long_text: String = (0..110).map(|i| format!("Sentence {i} explains why blocks are reused. ")).collect();
+    let long = Arc::new(serde_json::json!({"model": "m", "prompt": long_text, "max_tokens": 1}).to_string());
     let direct = format!("http://127.0.0.1:{p_direct}");
     let routed = format!("http://127.0.0.1:{p_routed}");
     println!("rate {rate} req/s, {rounds} rounds × {secs} s per path and request; 2 cores shared by client, Envoys, router, sim\n");
     println!("| request | path | p50 | p99 |");
     println!("|---|---|---:|---:|");
     let mut added = Vec::new();
-    for (name, body, path) in [
-        ("chat, ~20 tokens", &short, "/v1/chat/completions"),
-        ("completion, ~1.1k tokens", &long, "/v1/completions"),
-    ] {
+    for (name, body, path) in
+        [("chat, ~20 tokens", &short, "/v1/chat/completions"), ("completion, ~1.1k tokens", &long, "/v1/completions")]
+    {
         // Warm both paths (connections, caches of the sim's tokenizer, Envoy clusters).
         let _ = fixed_rate(&client, &format!("{direct}{path}"), body, 50, 1).await;
         let _ = fixed_rate(&client, &format!("{routed}{path}"), body, 50, 1).await;
@@ -297,17 +236,9 @@ async fn main() {
             d.extend(fixed_rate(&client, &format!("{direct}{path}"), body, rate, secs).await);
             r.extend(fixed_rate(&client, &format!("{routed}{path}"), body, rate, secs).await);
         }
-        let (d50, d99, r50, r99) = (
-            pct(&mut d, 0.5),
-            pct(&mut d, 0.99),
-            pct(&mut r, 0.5),
-            pct(&mut r, 0.99),
-        );
+        let (d50, d99, r50, r99) = (pct(&mut d, 0.5), pct(&mut d, 0.99), pct(&mut r, 0.5), pct(&mut r, 0.99));
         println!("| {name} | Envoy → sim | {:.0} µs | {:.0} µs |", d50, d99);
-        println!(
-            "| {name} | Envoy → router → sim | {:.0} µs | {:.0} µs |",
-            r50, r99
-        );
+        println!("| {name} | Envoy → router → sim | {:.0} µs | {:.0} µs |", r50, r99);
         added.push((name, r50 - d50, r99 - d99));
     }
     println!("\n| request | added by the router, p50 | added, p99 |");
@@ -315,20 +246,8 @@ async fn main() {
     for (name, a50, a99) in added {
         println!("| {name} | {:.0} µs | {:.0} µs |", a50, a99);
     }
-    let direct_rps = saturate(
-        &client,
-        &format!("{direct}/v1/chat/completions"),
-        &short,
-        secs,
-    )
-    .await;
-    let routed_rps = saturate(
-        &client,
-        &format!("{routed}/v1/chat/completions"),
-        &short,
-        secs,
-    )
-    .await;
+    let direct_rps = saturate(&client, &format!("{direct}/v1/chat/completions"), &short, secs).await;
+    let routed_rps = saturate(&client, &format!("{routed}/v1/chat/completions"), &short, secs).await;
     println!("\n| saturation (16 connections, short chat) | requests/s |");
     println!("|---|---:|");
     println!("| Envoy → sim | {direct_rps:.0} |");

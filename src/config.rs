@@ -23,8 +23,51 @@ pub enum PolicyKind {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration like 30s, 5m or 1h30m: {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 30s, 5m or 1h30m: {e}"))
+}
+
+/// Parsers for the original feature's variables: their errors name the variable, as operators set
+/// them through the environment.
+fn named_duration(var: &str, s: &str) -> Result<Duration, String> {
+    let d = duration(s).map_err(|e| format!("{var}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{var}: must be more than zero"));
+    }
+    Ok(d)
+}
+fn health_period(s: &str) -> Result<Duration, String> {
+    named_duration("AIBRIX_TOKENIZER_HEALTH_CHECK_PERIOD", s)
+}
+fn tokenizer_ttl(s: &str) -> Result<Duration, String> {
+    named_duration("AIBRIX_TOKENIZER_TTL", s)
+}
+fn request_timeout(s: &str) -> Result<Duration, String> {
+    named_duration("AIBRIX_TOKENIZER_REQUEST_TIMEOUT", s)
+}
+fn max_tokenizers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("AIBRIX_MAX_TOKENIZERS_PER_POOL: '{s}' is not a positive whole number")),
+    }
+}
+fn enable_remote(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(format!("AIBRIX_ENABLE_VLLM_REMOTE_TOKENIZER: '{s}' is not true or false")),
+    }
+}
+fn endpoint_template(s: &str) -> Result<String, String> {
+    let has_ip = s.contains("%s") || s.contains("{ip}");
+    if !has_ip || !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(format!(
+            "AIBRIX_VLLM_TOKENIZER_ENDPOINT_TEMPLATE: '{s}' must be an http(s) URL with %s or {{ip}} for the pod IP"
+        ));
+    }
+    if s.starts_with("https://") {
+        return Err("AIBRIX_VLLM_TOKENIZER_ENDPOINT_TEMPLATE: https is not built into this router; use http://".into());
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -62,11 +105,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Header carrying the chosen `ip:port` (AIBrix uses `target-pod`). The `envoy.lb` metadata key
     /// stays `x-gateway-destination-endpoint`, as the Gateway API Inference Extension defines it.
-    #[arg(
-        long,
-        env = "PREFIX_ROUTER_DESTINATION_HEADER",
-        default_value = "x-gateway-destination-endpoint"
-    )]
+    #[arg(long, env = "PREFIX_ROUTER_DESTINATION_HEADER", default_value = "x-gateway-destination-endpoint")]
     pub destination_header: String,
     /// Fallback endpoints appended to the destination (comma list; needs Envoy's override_host policy).
     #[arg(long, env = "PREFIX_ROUTER_FALLBACK_ENDPOINTS", default_value_t = 0)]
@@ -76,18 +115,10 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
     /// Blocks the prefix index remembers per pod before forgetting the least recently used.
-    #[arg(
-        long,
-        env = "PREFIX_ROUTER_INDEX_BLOCKS_PER_POD",
-        default_value_t = 65_536
-    )]
+    #[arg(long, env = "PREFIX_ROUTER_INDEX_BLOCKS_PER_POD", default_value_t = 65_536)]
     pub index_blocks_per_pod: usize,
     /// Bytes per token when no tokenizer is at hand (the byte approximation).
-    #[arg(
-        long,
-        env = "PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN",
-        default_value_t = 4
-    )]
+    #[arg(long, env = "PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN", default_value_t = 4)]
     pub approx_bytes_per_token: usize,
 
     /// Routing policy.
@@ -103,15 +134,33 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_BALANCE_ABS_THRESHOLD", default_value_t = 8)]
     pub balance_abs_threshold: u64,
     /// …that is also this many times as loaded.
-    #[arg(
-        long,
-        env = "PREFIX_ROUTER_BALANCE_REL_THRESHOLD",
-        default_value_t = 1.5
-    )]
+    #[arg(long, env = "PREFIX_ROUTER_BALANCE_REL_THRESHOLD", default_value_t = 1.5)]
     pub balance_rel_threshold: f64,
     /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
     #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
     pub max_inflight_per_pod: u64,
+    /// Tokenize each request through `/tokenize` on a ready vLLM pod of its model.
+    #[arg(long, env = "AIBRIX_ENABLE_VLLM_REMOTE_TOKENIZER", default_value = "false", value_parser = enable_remote, action = clap::ArgAction::Set)]
+    pub enable_vllm_remote_tokenizer: bool,
+    /// URL of a pod's tokenizer: `%s` or `{ip}` = pod IP, `{port}` = pod port.
+    #[arg(long, env = "AIBRIX_VLLM_TOKENIZER_ENDPOINT_TEMPLATE", default_value = "http://%s:8000", value_parser = endpoint_template)]
+    pub vllm_tokenizer_endpoint_template: String,
+    /// How often each tokenizer endpoint is probed (ejected ones come back through this).
+    #[arg(long, env = "AIBRIX_TOKENIZER_HEALTH_CHECK_PERIOD", default_value = "30s", value_parser = health_period)]
+    pub tokenizer_health_check_period: Duration,
+    /// A model's remote tokenizer is dropped after this long unused.
+    #[arg(long, env = "AIBRIX_TOKENIZER_TTL", default_value = "5m", value_parser = tokenizer_ttl)]
+    pub tokenizer_ttl: Duration,
+    /// Most models with a live remote tokenizer; the least recently used goes first.
+    #[arg(long, env = "AIBRIX_MAX_TOKENIZERS_PER_POOL", default_value = "100", value_parser = max_tokenizers)]
+    pub max_tokenizers_per_pool: usize,
+    /// Budget for one request's remote tokenization, retry included.
+    #[arg(long, env = "AIBRIX_TOKENIZER_REQUEST_TIMEOUT", default_value = "10s", value_parser = request_timeout)]
+    pub tokenizer_request_timeout: Duration,
+    /// Bytes of token ids the tokenization cache keeps (exact request → tokens), 0 = off.
+    #[arg(long, env = "PREFIX_ROUTER_TOKENIZE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub tokenize_cache_bytes: usize,
+
     /// A routed request stops counting against its pod after this long even if Envoy never ends it.
     #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]
     pub inflight_ttl: Duration,
@@ -123,11 +172,23 @@ impl Config {
         let checks: [(bool, &str); 8] = [
             (self.block_size > 0, "--block-size (PREFIX_ROUTER_BLOCK_SIZE) must be > 0"),
             (self.index_blocks_per_pod > 0, "--index-blocks-per-pod (PREFIX_ROUTER_INDEX_BLOCKS_PER_POD) must be > 0"),
-            (self.approx_bytes_per_token > 0, "--approx-bytes-per-token (PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN) must be > 0"),
+            (
+                self.approx_bytes_per_token > 0,
+                "--approx-bytes-per-token (PREFIX_ROUTER_APPROX_BYTES_PER_TOKEN) must be > 0",
+            ),
             (self.max_body_bytes > 0, "--max-body-bytes (PREFIX_ROUTER_MAX_BODY_BYTES) must be > 0"),
-            (self.prefix_weight >= 0.0 && self.prefix_weight.is_finite(), "--prefix-weight (PREFIX_ROUTER_PREFIX_WEIGHT) must be ≥ 0"),
-            (self.load_weight >= 0.0 && self.load_weight.is_finite(), "--load-weight (PREFIX_ROUTER_LOAD_WEIGHT) must be ≥ 0"),
-            (self.balance_rel_threshold >= 1.0, "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1"),
+            (
+                self.prefix_weight >= 0.0 && self.prefix_weight.is_finite(),
+                "--prefix-weight (PREFIX_ROUTER_PREFIX_WEIGHT) must be ≥ 0",
+            ),
+            (
+                self.load_weight >= 0.0 && self.load_weight.is_finite(),
+                "--load-weight (PREFIX_ROUTER_LOAD_WEIGHT) must be ≥ 0",
+            ),
+            (
+                self.balance_rel_threshold >= 1.0,
+                "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1",
+            ),
             (
                 http::HeaderName::from_bytes(self.destination_header.as_bytes()).is_ok()
                     && self.destination_header == self.destination_header.to_ascii_lowercase(),
@@ -147,46 +208,19 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design_and_bad_values_name_the_setting() {
-        let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e.yaml"])
-            .expect("parses");
-        assert_eq!(
-            (
-                c.grpc_port,
-                c.grpc_health_port,
-                c.metrics_port,
-                c.block_size
-            ),
-            (9002, 9003, 9090, 16)
-        );
+        let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e.yaml"]).expect("parses");
+        assert_eq!((c.grpc_port, c.grpc_health_port, c.metrics_port, c.block_size), (9002, 9003, 9090, 16));
         assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
         assert_eq!(c.max_body_bytes, 8 << 20);
         c.validate().expect("defaults are valid");
-        let err = Config::try_parse_from([
-            "prefix-router",
-            "--endpoints-file",
-            "e",
-            "--inflight-ttl",
-            "5x",
-        ])
-        .expect_err("bad");
+        let err = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "5x"])
+            .expect_err("bad");
         assert!(err.to_string().contains("--inflight-ttl"), "{err}");
-        let c = Config::try_parse_from([
-            "prefix-router",
-            "--endpoints-file",
-            "e",
-            "--block-size",
-            "0",
-        ])
-        .expect("parses");
+        let c =
+            Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--block-size", "0"]).expect("parses");
         assert!(c.validate().expect_err("invalid").contains("--block-size"));
-        let c = Config::try_parse_from([
-            "prefix-router",
-            "--endpoints-file",
-            "e",
-            "--inflight-ttl",
-            "1h30m",
-        ])
-        .expect("parses");
+        let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "1h30m"])
+            .expect("parses");
         assert_eq!(c.inflight_ttl, Duration::from_secs(5400));
     }
 }

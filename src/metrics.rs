@@ -7,10 +7,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, 
 use std::sync::Arc;
 
 /// Microsecond buckets from 5 µs to 10 s.
-const MICROS: &[f64] = &[
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 1e6,
-    1e7,
-];
+const MICROS: &[f64] =
+    &[5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 1e6, 1e7];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,54 +24,66 @@ pub struct Metrics {
     pub tokenized: IntCounterVec,
     /// ext_proc streams by body mode.
     pub streams: IntCounterVec,
+    /// Remote `/tokenize` calls by outcome: ok, timeout, http_error, connect_error, bad_response.
+    pub tokenizer_calls: IntCounterVec,
+    /// Remote `/tokenize` call latency.
+    pub tokenizer_call_us: prometheus::Histogram,
+    /// Requests tokenized locally because remote tokenization failed, by cause.
+    pub tokenize_fallbacks: IntCounterVec,
+    /// Tokenization cache lookups: hit, miss.
+    pub tokenize_cache: IntCounterVec,
+    /// Tokenizer pool entries created, expired (TTL) and evicted (models cap).
+    pub tokenizer_pool_events: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let decisions = IntCounterVec::new(
-            Opts::new(
-                "prefix_router_decisions_total",
-                "Routing decisions by outcome",
-            ),
+            Opts::new("prefix_router_decisions_total", "Routing decisions by outcome"),
             &["model", "outcome"],
         )?;
         let phase_us = HistogramVec::new(
-            HistogramOpts::new(
-                "prefix_router_phase_duration_microseconds",
-                "Time per routing phase",
-            )
-            .buckets(MICROS.to_vec()),
+            HistogramOpts::new("prefix_router_phase_duration_microseconds", "Time per routing phase")
+                .buckets(MICROS.to_vec()),
             &["phase"],
         )?;
         let matched_ratio = HistogramVec::new(
-            HistogramOpts::new(
-                "prefix_router_matched_prefix_ratio",
-                "Cached share of the prompt on the chosen pod",
-            )
-            .buckets(vec![0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]),
+            HistogramOpts::new("prefix_router_matched_prefix_ratio", "Cached share of the prompt on the chosen pod")
+                .buckets(vec![0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]),
             &["model"],
         )?;
         let rejections = IntCounterVec::new(
-            Opts::new(
-                "prefix_router_rejections_total",
-                "Requests answered by the router with an error",
-            ),
+            Opts::new("prefix_router_rejections_total", "Requests answered by the router with an error"),
             &["status"],
         )?;
         let tokenized = IntCounterVec::new(
-            Opts::new(
-                "prefix_router_tokenized_requests_total",
-                "Requests tokenized, by token space",
-            ),
+            Opts::new("prefix_router_tokenized_requests_total", "Requests tokenized, by token space"),
             &["space"],
         )?;
         let streams = IntCounterVec::new(
-            Opts::new(
-                "prefix_router_extproc_streams_total",
-                "ext_proc streams by body mode",
-            ),
+            Opts::new("prefix_router_extproc_streams_total", "ext_proc streams by body mode"),
             &["mode"],
+        )?;
+        let tokenizer_calls = IntCounterVec::new(
+            Opts::new("prefix_router_tokenizer_calls_total", "Remote /tokenize calls by outcome"),
+            &["outcome"],
+        )?;
+        let tokenizer_call_us = prometheus::Histogram::with_opts(
+            HistogramOpts::new("prefix_router_tokenizer_call_duration_microseconds", "Remote /tokenize call latency")
+                .buckets(MICROS.to_vec()),
+        )?;
+        let tokenize_fallbacks = IntCounterVec::new(
+            Opts::new("prefix_router_tokenize_fallbacks_total", "Requests tokenized locally after a remote failure"),
+            &["cause"],
+        )?;
+        let tokenize_cache = IntCounterVec::new(
+            Opts::new("prefix_router_tokenize_cache_total", "Tokenization cache lookups"),
+            &["result"],
+        )?;
+        let tokenizer_pool_events = IntCounterVec::new(
+            Opts::new("prefix_router_tokenizer_pool_events_total", "Tokenizer pool entries created, expired, evicted"),
+            &["event"],
         )?;
         for c in [
             &decisions as &dyn CollectorClone,
@@ -82,6 +92,11 @@ impl Metrics {
             &rejections,
             &tokenized,
             &streams,
+            &tokenizer_calls,
+            &tokenizer_call_us,
+            &tokenize_fallbacks,
+            &tokenize_cache,
+            &tokenizer_pool_events,
         ] {
             registry.register(c.boxed())?;
         }
@@ -93,22 +108,21 @@ impl Metrics {
             rejections,
             tokenized,
             streams,
+            tokenizer_calls,
+            tokenizer_call_us,
+            tokenize_fallbacks,
+            tokenize_cache,
+            tokenizer_pool_events,
         })
     }
 
     pub fn observe_phase(&self, phase: &str, elapsed: std::time::Duration) {
-        self.phase_us
-            .with_label_values(&[phase])
-            .observe(elapsed.as_secs_f64() * 1e6);
+        self.phase_us.with_label_values(&[phase]).observe(elapsed.as_secs_f64() * 1e6);
     }
 
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        let _ = prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &self.registry.gather(),
-            &mut out,
-        );
+        let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -138,36 +152,27 @@ pub struct StateSample {
     pub endpoints: Vec<(String, u64)>,
     /// (model, pod address, blocks indexed)
     pub index_blocks: Vec<(String, String, u64)>,
+    /// Models with a remote tokenizer entry (None when remote tokenization is off).
+    pub tokenizer_models: Option<u64>,
+    /// (model, state: healthy|ejected, tokenizer endpoints)
+    pub tokenizer_endpoints: Vec<(String, &'static str, u64)>,
 }
 
 fn gauges() -> Result<(IntGaugeVec, IntGaugeVec, IntGaugeVec), prometheus::Error> {
     Ok((
         IntGaugeVec::new(
-            Opts::new(
-                "prefix_router_inflight_requests",
-                "Routed requests not yet finished",
-            ),
+            Opts::new("prefix_router_inflight_requests", "Routed requests not yet finished"),
             &["model", "pod"],
         )?,
-        IntGaugeVec::new(
-            Opts::new("prefix_router_endpoints", "Ready endpoints per model"),
-            &["model"],
-        )?,
-        IntGaugeVec::new(
-            Opts::new("prefix_router_index_blocks", "Prefix-index blocks per pod"),
-            &["model", "pod"],
-        )?,
+        IntGaugeVec::new(Opts::new("prefix_router_endpoints", "Ready endpoints per model"), &["model"])?,
+        IntGaugeVec::new(Opts::new("prefix_router_index_blocks", "Prefix-index blocks per pod"), &["model", "pod"])?,
     ))
 }
 
 impl<F: Fn() -> StateSample + Send + Sync> StateCollector<F> {
     pub fn new(sample: F) -> Result<Self, prometheus::Error> {
         let (a, b, c) = gauges()?;
-        let descs = [a.desc(), b.desc(), c.desc()]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let descs = [a.desc(), b.desc(), c.desc()].into_iter().flatten().cloned().collect();
         Ok(Self { descs, sample })
     }
 }
@@ -199,9 +204,7 @@ pub fn register_state<F>(metrics: &Metrics, sample: F) -> Result<(), prometheus:
 where
     F: Fn() -> StateSample + Send + Sync + 'static,
 {
-    metrics
-        .registry
-        .register(Box::new(StateCollector::new(sample)?))
+    metrics.registry.register(Box::new(StateCollector::new(sample)?))
 }
 
 pub type SharedMetrics = Arc<Metrics>;

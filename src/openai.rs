@@ -90,11 +90,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
     let cache_salt = match b.cache_salt {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => {
-            return Err(ParseError::Invalid(
-                "'cache_salt' must be a non-empty string".into(),
-            ))
-        }
+        Some(_) => return Err(ParseError::Invalid("'cache_salt' must be a non-empty string".into())),
     };
     let stream = match b.stream {
         None | Some(Value::Null) => false,
@@ -122,12 +118,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
         }
         Endpoint::Other => Kind::Other,
     };
-    Ok(InferenceRequest {
-        model,
-        kind,
-        cache_salt,
-        stream,
-    })
+    Ok(InferenceRequest { model, kind, cache_salt, stream })
 }
 
 fn prompt(field: Option<PromptField>) -> Result<Prompt, ParseError> {
@@ -183,10 +174,7 @@ impl<'de> serde::de::Visitor<'de> for PromptVisitor {
                 let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(1024) + 1);
                 ids.push(first);
                 // The hot loop of long prompts: straight to u32, no per-element dispatch.
-                while let Some(id) = seq
-                    .next_element::<u32>()
-                    .map_err(|_| A::Error::custom(IDS))?
-                {
+                while let Some(id) = seq.next_element::<u32>().map_err(|_| A::Error::custom(IDS))? {
                     ids.push(id);
                 }
                 Prompt::Ids(ids)
@@ -232,14 +220,10 @@ impl<'de> serde::Deserialize<'de> for Element {
                 f.write_str(SHAPE)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Element, E> {
-                u32::try_from(v)
-                    .map(Element::Id)
-                    .map_err(|_| E::custom(IDS))
+                u32::try_from(v).map(Element::Id).map_err(|_| E::custom(IDS))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Element, E> {
-                u32::try_from(v)
-                    .map(Element::Id)
-                    .map_err(|_| E::custom(IDS))
+                u32::try_from(v).map(Element::Id).map_err(|_| E::custom(IDS))
             }
             fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Element, E> {
                 Err(E::custom(IDS))
@@ -247,15 +231,9 @@ impl<'de> serde::Deserialize<'de> for Element {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Element, E> {
                 Ok(Element::Text(v.to_owned()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Element, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
                 let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(256));
-                while let Some(id) = seq
-                    .next_element::<u32>()
-                    .map_err(|_| serde::de::Error::custom(IDS))?
-                {
+                while let Some(id) = seq.next_element::<u32>().map_err(|_| serde::de::Error::custom(IDS))? {
                     ids.push(id);
                 }
                 Ok(Element::Ids(ids))
@@ -286,22 +264,12 @@ mod tests {
     fn completion_prompts_in_every_form() {
         let cases = [
             (json!("hi"), Prompt::Text("hi".into())),
-            (
-                json!(["a", "b"]),
-                Prompt::Texts(vec!["a".into(), "b".into()]),
-            ),
+            (json!(["a", "b"]), Prompt::Texts(vec!["a".into(), "b".into()])),
             (json!([1, 2]), Prompt::Ids(vec![1, 2])),
-            (
-                json!([[1], [2, 3]]),
-                Prompt::IdLists(vec![vec![1], vec![2, 3]]),
-            ),
+            (json!([[1], [2, 3]]), Prompt::IdLists(vec![vec![1], vec![2, 3]])),
         ];
         for (prompt, want) in cases {
-            let req = p(
-                Endpoint::Completions,
-                json!({"model": "m", "prompt": prompt}),
-            )
-            .expect("parses");
+            let req = p(Endpoint::Completions, json!({"model": "m", "prompt": prompt})).expect("parses");
             assert_eq!(req.kind, Kind::Completion(want));
         }
     }
@@ -316,58 +284,29 @@ mod tests {
         .expect("parses");
         assert_eq!(req.cache_salt.as_deref(), Some("u1"));
         assert!(req.stream);
-        let Kind::Chat(chat) = req.kind else {
-            panic!("chat")
-        };
+        let Kind::Chat(chat) = req.kind else { panic!("chat") };
         assert!(chat.add_generation_prompt);
         assert_eq!(chat.chat_template_kwargs.map(|k| k.len()), Some(1));
     }
 
     #[test]
     fn bad_bodies_name_the_problem() {
-        assert!(matches!(
-            parse(Endpoint::Completions, b"{"),
-            Err(ParseError::InvalidJson(_))
-        ));
-        assert_eq!(
-            parse(Endpoint::Completions, b"[1]"),
-            Err(ParseError::NotAnObject)
-        );
-        assert_eq!(
-            p(Endpoint::Completions, json!({"prompt": "x"})),
-            Err(ParseError::MissingModel)
-        );
-        for bad in [
-            json!(""),
-            json!([]),
-            json!([[]]),
-            json!([-1]),
-            json!(["a", 1]),
-            json!({"x": 1}),
-        ] {
-            let err = p(Endpoint::Completions, json!({"model": "m", "prompt": bad}))
-                .expect_err("rejected");
+        assert!(matches!(parse(Endpoint::Completions, b"{"), Err(ParseError::InvalidJson(_))));
+        assert_eq!(parse(Endpoint::Completions, b"[1]"), Err(ParseError::NotAnObject));
+        assert_eq!(p(Endpoint::Completions, json!({"prompt": "x"})), Err(ParseError::MissingModel));
+        for bad in [json!(""), json!([]), json!([[]]), json!([-1]), json!(["a", 1]), json!({"x": 1})] {
+            let err = p(Endpoint::Completions, json!({"model": "m", "prompt": bad})).expect_err("rejected");
             assert!(matches!(err, ParseError::Invalid(_)), "{bad}: {err:?}");
         }
-        let err = p(
-            Endpoint::ChatCompletions,
-            json!({"model": "m", "messages": []}),
-        )
-        .expect_err("rejected");
+        let err = p(Endpoint::ChatCompletions, json!({"model": "m", "messages": []})).expect_err("rejected");
         assert!(err.to_string().contains("messages"));
-        assert_eq!(
-            p(Endpoint::Other, json!({"model": "m", "input": "x"})).map(|r| r.kind),
-            Ok(Kind::Other)
-        );
+        assert_eq!(p(Endpoint::Other, json!({"model": "m", "input": "x"})).map(|r| r.kind), Ok(Kind::Other));
     }
 
     #[test]
     fn paths_map_to_endpoints() {
         assert_eq!(endpoint_of("/v1/completions?x=1"), Endpoint::Completions);
-        assert_eq!(
-            endpoint_of("/v1/chat/completions"),
-            Endpoint::ChatCompletions
-        );
+        assert_eq!(endpoint_of("/v1/chat/completions"), Endpoint::ChatCompletions);
         assert_eq!(endpoint_of("/v1/embeddings"), Endpoint::Other);
     }
 }

@@ -7,7 +7,7 @@ use crate::discovery::{DiscoveryError, Registry};
 use crate::extproc::{Context, ExtProc};
 use crate::metrics::{self, Metrics};
 use crate::routing::{Router, RoutingConfig};
-use crate::tokenizer::LocalTokenizer;
+use crate::tokenizer::{LocalTokenizer, PoolConfig, TokenCache, Tokenization, TokenizerPool};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -29,10 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("gRPC server: {0}")]
@@ -42,12 +39,8 @@ pub enum StartError {
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = l
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     Ok((l, bound))
 }
 
@@ -55,6 +48,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 struct Admin {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    router: Arc<Router>,
 }
 
 pub async fn run(
@@ -67,16 +61,40 @@ pub async fn run(
     let mut file = StaticFile::new(cfg.endpoints_file.clone());
     file.load_into(&registry)?;
 
-    let tokenizer = Arc::new(LocalTokenizer::new(cfg.approx_bytes_per_token));
-    let router = Arc::new(Router::new(
-        Arc::clone(&registry),
-        tokenizer,
-        RoutingConfig::from_config(&cfg),
+    let pool = if cfg.enable_vllm_remote_tokenizer {
+        let pool_cfg = PoolConfig {
+            template: cfg.vllm_tokenizer_endpoint_template.clone(),
+            timeout: cfg.tokenizer_request_timeout,
+            health_period: cfg.tokenizer_health_check_period,
+            ttl: cfg.tokenizer_ttl,
+            max_models: cfg.max_tokenizers_per_pool,
+        };
+        Some(Arc::new(TokenizerPool::new(pool_cfg, Arc::clone(&metrics)).map_err(StartError::Config)?))
+    } else {
+        None
+    };
+    let tokenizer = Arc::new(Tokenization::new(
+        LocalTokenizer::new(cfg.approx_bytes_per_token),
+        pool.clone(),
+        TokenCache::new(cfg.tokenize_cache_bytes),
         Arc::clone(&metrics),
     ));
+    let router =
+        Arc::new(Router::new(Arc::clone(&registry), tokenizer, RoutingConfig::from_config(&cfg), Arc::clone(&metrics)));
     {
-        let router = Arc::clone(&router);
-        metrics::register_state(&metrics, move || router.sample())?;
+        let (router, pool) = (Arc::clone(&router), pool.clone());
+        metrics::register_state(&metrics, move || {
+            let mut s = router.sample();
+            if let Some(pool) = &pool {
+                let (models, per_model) = pool.sample();
+                s.tokenizer_models = Some(models as u64);
+                for (model, healthy, ejected) in per_model {
+                    s.tokenizer_endpoints.push((model.clone(), "healthy", healthy));
+                    s.tokenizer_endpoints.push((model, "ejected", ejected));
+                }
+            }
+            s
+        })?;
     }
 
     let (grpc, grpc_addr) = bind(SocketAddr::new(cfg.host, cfg.grpc_port)).await?;
@@ -85,21 +103,19 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("liveness", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("liveness", ServingStatus::Serving).await;
     let mut tasks = tokio::task::JoinSet::new();
     // Readiness follows discovery's first full sync.
-    tasks.spawn(follow_readiness(
-        reporter.clone(),
-        Arc::clone(&registry),
-        stop_rx.clone(),
-    ));
+    tasks.spawn(follow_readiness(reporter.clone(), Arc::clone(&registry), stop_rx.clone()));
     tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone()));
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
+    if let Some(pool) = pool {
+        // Health probes and TTL expiry, off the request path.
+        tasks.spawn(pool.maintain(stop_rx.clone()));
+    }
 
     let extproc = ExtProc::new(Context {
-        router,
+        router: Arc::clone(&router),
         metrics: Arc::clone(&metrics),
         body_mode: cfg.body_mode,
         max_body_bytes: cfg.max_body_bytes,
@@ -114,24 +130,20 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
-            ExternalProcessorServer::new(extproc)
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(max_msg),
+            ExternalProcessorServer::new(extproc).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
         )
         .serve_with_incoming_shutdown(no_delay(grpc), stopped(stop_rx.clone()));
     let health_server = tonic::transport::Server::builder()
-        .add_service(HealthServer::new(HealthService::from_health_reporter(
-            reporter,
-        )))
+        .add_service(HealthServer::new(HealthService::from_health_reporter(reporter)))
         .serve_with_incoming_shutdown(no_delay(health), stopped(stop_rx.clone()));
     let admin_app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics_handler))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/debug/endpoints", axum::routing::get(endpoints_handler))
-        .with_state(Admin { metrics, registry });
-    let admin_server =
-        axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        .route("/debug/tokenize", axum::routing::post(tokenize_handler))
+        .with_state(Admin { metrics, registry, router });
+    let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
     // Scripts and tests read the bound addresses from this line.
     println!("prefix-router listening on grpc={grpc_addr} health={health_addr} admin=http://{admin_addr}");
@@ -153,18 +165,10 @@ fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-async fn follow_readiness(
-    reporter: HealthReporter,
-    registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn follow_readiness(reporter: HealthReporter, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
     let mut synced = registry.subscribe_synced();
     loop {
-        let status = if *synced.borrow_and_update() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if *synced.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
         for svc in ["", "readiness", EXTPROC_SERVICE] {
             reporter.set_service_status(svc, status).await;
         }
@@ -176,13 +180,7 @@ async fn follow_readiness(
 }
 
 async fn metrics_handler(State(a): State<Admin>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        a.metrics.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], a.metrics.render())
 }
 
 async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
@@ -212,4 +210,31 @@ async fn endpoints_handler(State(a): State<Admin>) -> axum::Json<serde_json::Val
         })
         .collect();
     axum::Json(serde_json::json!({ "models": out }))
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizeQuery {
+    path: Option<String>,
+}
+
+/// The token ids and token space the router would route this body with (POST the request body;
+/// `?path=` the request path, default `/v1/chat/completions`). For operators asking why a request
+/// missed; nothing is logged or recorded.
+async fn tokenize_handler(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<TokenizeQuery>,
+    body: axum::body::Bytes,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let path = q.path.as_deref().unwrap_or("/v1/chat/completions");
+    let req = match crate::openai::parse(crate::openai::endpoint_of(path), &body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": e.to_string()}))),
+    };
+    match a.router.tokens_for(&req).await {
+        Ok(t) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"space": t.space.label(), "count": t.ids.len(), "tokens": t.ids})),
+        ),
+        Err(e) => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": e.to_string()}))),
+    }
 }

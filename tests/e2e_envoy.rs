@@ -24,10 +24,7 @@ async fn chat(url: &str, messages: &[Value]) -> (String, Value) {
         .await
         .expect("request");
     assert_eq!(res.status(), 200);
-    let pod = res.headers()["x-sim-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let pod = res.headers()["x-sim-id"].to_str().expect("ascii").to_owned();
     (pod, res.json().await.expect("json"))
 }
 
@@ -47,7 +44,8 @@ async fn multi_turn_conversations_stay_on_their_first_pod_and_spread_over_pods()
                         let (pod, body) = chat(&url, &messages).await;
                         let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
                         turns.push((pod, cached));
-                        messages.push(json!({"role": "assistant", "content": body["choices"][0]["message"]["content"]}));
+                        messages
+                            .push(json!({"role": "assistant", "content": body["choices"][0]["message"]["content"]}));
                     }
                     turns
                 })
@@ -66,38 +64,18 @@ async fn multi_turn_conversations_stay_on_their_first_pod_and_spread_over_pods()
                 cached_later += usize::from(*cached > 0);
             }
         }
-        assert!(
-            stuck * 100 >= later * 95,
-            "{mode:?}: {stuck}/{later} later turns on the first pod"
-        );
-        assert!(
-            cached_later * 100 >= later * 95,
-            "{mode:?}: {cached_later}/{later} later turns hit the sim's cache"
-        );
+        assert!(stuck * 100 >= later * 95, "{mode:?}: {stuck}/{later} later turns on the first pod");
+        assert!(cached_later * 100 >= later * 95, "{mode:?}: {cached_later}/{later} later turns hit the sim's cache");
         let busiest = first_pods.values().max().copied().unwrap_or(0);
-        assert!(
-            busiest <= 10,
-            "{mode:?}: a pod got {busiest} of 20 conversations: {first_pods:?}"
-        );
+        assert!(busiest <= 10, "{mode:?}: a pod got {busiest} of 20 conversations: {first_pods:?}");
         let m = cluster.router_metrics().await;
-        assert!(
-            metric_where(
-                &m,
-                "prefix_router_decisions_total",
-                "outcome=\"prefix_hit\""
-            ) >= 76.0,
-            "{m}"
-        );
+        assert!(metric_where(&m, "prefix_router_decisions_total", "outcome=\"prefix_hit\"") >= 76.0, "{m}");
     }
 }
 
 async fn error_of(res: reqwest::Response) -> (u16, Value) {
     let status = res.status().as_u16();
-    assert_eq!(
-        res.headers()["content-type"],
-        "application/json",
-        "status {status}"
-    );
+    assert_eq!(res.headers()["content-type"], "application/json", "status {status}");
     let body: Value = res.json().await.expect("json error body");
     for key in ["message", "type", "code"] {
         assert!(body["error"][key].is_string(), "{body}");
@@ -120,53 +98,19 @@ async fn clients_get_openai_errors_with_the_right_status() {
         );
         let url = cluster.envoy.url("/v1/completions");
         let http = client();
-        let send = |body: String| {
-            http.post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-        };
+        let send = |body: String| http.post(&url).header("content-type", "application/json").body(body).send();
 
         let (s, b) = error_of(send("{\"model\": ".into()).await.expect("sent")).await;
-        assert_eq!(
-            (s, b["error"]["code"].as_str()),
-            (400, Some("invalid_json")),
-            "{mode:?}"
-        );
-        let (s, b) = error_of(
-            send(json!({"prompt": "hi"}).to_string())
-                .await
-                .expect("sent"),
-        )
-        .await;
-        assert_eq!(
-            (s, b["error"]["code"].as_str()),
-            (400, Some("missing_model")),
-            "{mode:?}"
-        );
-        let (s, _) = error_of(
-            send(json!({"model": "tiny-chat", "prompt": ""}).to_string())
-                .await
-                .expect("sent"),
-        )
-        .await;
+        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_json")), "{mode:?}");
+        let (s, b) = error_of(send(json!({"prompt": "hi"}).to_string()).await.expect("sent")).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("missing_model")), "{mode:?}");
+        let (s, _) = error_of(send(json!({"model": "tiny-chat", "prompt": ""}).to_string()).await.expect("sent")).await;
         assert_eq!(s, 400, "{mode:?}: empty prompt");
-        let (s, b) = error_of(
-            send(json!({"model": "gpt-9", "prompt": "hi"}).to_string())
-                .await
-                .expect("sent"),
-        )
-        .await;
+        let (s, b) = error_of(send(json!({"model": "gpt-9", "prompt": "hi"}).to_string()).await.expect("sent")).await;
         assert_eq!(s, 404, "{mode:?}");
-        assert!(b["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("gpt-9")));
-        let (s, _) = error_of(
-            send(json!({"model": "empty-model", "prompt": "hi"}).to_string())
-                .await
-                .expect("sent"),
-        )
-        .await;
+        assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("gpt-9")));
+        let (s, _) =
+            error_of(send(json!({"model": "empty-model", "prompt": "hi"}).to_string()).await.expect("sent")).await;
         assert_eq!(s, 503, "{mode:?}");
 
         let big = json!({"model": "tiny-chat", "prompt": "x".repeat(300_000)}).to_string();
@@ -174,16 +118,9 @@ async fn clients_get_openai_errors_with_the_right_status() {
         assert_eq!(s, 413, "{mode:?}: with content-length");
         if mode == Mode::FullDuplex {
             // Chunked, no content-length: the limit is enforced as the body streams in.
-            let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
-                .into_bytes()
-                .chunks(50_000)
-                .map(|c| Ok(c.to_vec()))
-                .collect();
-            let res = http
-                .post(&url)
-                .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-                .send()
-                .await;
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                big.into_bytes().chunks(50_000).map(|c| Ok(c.to_vec())).collect();
+            let res = http.post(&url).body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))).send().await;
             let (s, _) = error_of(res.expect("sent")).await;
             assert_eq!(s, 413, "chunked");
         }
@@ -194,9 +131,7 @@ async fn clients_get_openai_errors_with_the_right_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_supplied_destination_never_reaches_its_target() {
-    let canary = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let target = canary.local_addr().expect("addr").to_string();
     let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&reached);
@@ -206,18 +141,9 @@ async fn a_client_supplied_destination_never_reaches_its_target() {
         }
     });
     for mode in Mode::ALL {
-        let cluster = Cluster::start(
-            mode,
-            Options {
-                sims: 2,
-                ..Options::default()
-            },
-        );
+        let cluster = Cluster::start(mode, Options { sims: 2, ..Options::default() });
         let http = client();
-        for header in [
-            "x-gateway-destination-endpoint",
-            "X-Gateway-Destination-Endpoint",
-        ] {
+        for header in ["x-gateway-destination-endpoint", "X-Gateway-Destination-Endpoint"] {
             let res = http
                 .post(cluster.envoy.url("/v1/completions"))
                 .header(header, &target)
@@ -226,20 +152,9 @@ async fn a_client_supplied_destination_never_reaches_its_target() {
                 .await
                 .expect("sent");
             assert_eq!(res.status(), 200, "{mode:?}");
-            assert!(res.headers()["x-sim-id"]
-                .to_str()
-                .is_ok_and(|s| s.starts_with("sim-")));
-            let res = http
-                .get(cluster.envoy.url("/v1/models"))
-                .header(header, &target)
-                .send()
-                .await
-                .expect("sent");
-            assert_eq!(
-                res.status(),
-                200,
-                "{mode:?}: a bodiless request is routed on load"
-            );
+            assert!(res.headers()["x-sim-id"].to_str().is_ok_and(|s| s.starts_with("sim-")));
+            let res = http.get(cluster.envoy.url("/v1/models")).header(header, &target).send().await.expect("sent");
+            assert_eq!(res.status(), 200, "{mode:?}: a bodiless request is routed on load");
             assert!(res.headers().contains_key("x-sim-id"));
             let res = http
                 .post(cluster.envoy.url("/v1/completions"))
@@ -251,11 +166,7 @@ async fn a_client_supplied_destination_never_reaches_its_target() {
             assert_eq!(res.status(), 404);
         }
     }
-    assert_eq!(
-        reached.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the client's header reached {target}"
-    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "the client's header reached {target}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,34 +175,17 @@ async fn large_bodies_arrive_byte_identical_and_streams_release_inflight() {
         let cluster = Cluster::start(
             mode,
             Options {
-                sim_args: &[
-                    "--max-model-len",
-                    "400000",
-                    "--num-gpu-blocks",
-                    "30000",
-                    "--prefill-us-per-token",
-                    "0",
-                ],
+                sim_args: &["--max-model-len", "400000", "--num-gpu-blocks", "30000", "--prefill-us-per-token", "0"],
                 ..Options::default()
             },
         );
         // ~1 MB of token ids: large, and cheap for both sides to read.
-        let ids: Vec<u32> = (0..180_000u32)
-            .map(|i| 1000 + (i * 7919) % 100_000)
-            .collect();
+        let ids: Vec<u32> = (0..180_000u32).map(|i| 1000 + (i * 7919) % 100_000).collect();
         let body = json!({"model": "tiny-chat", "prompt": ids, "max_tokens": 1}).to_string();
         assert!(body.len() > 1_000_000);
-        let res = client()
-            .post(cluster.envoy.url("/v1/completions"))
-            .body(body.clone())
-            .send()
-            .await
-            .expect("sent");
+        let res = client().post(cluster.envoy.url("/v1/completions")).body(body.clone()).send().await.expect("sent");
         assert_eq!(res.status(), 200, "{mode:?}");
-        assert_eq!(
-            res.headers()["x-sim-body-bytes"].to_str().ok(),
-            Some(body.len().to_string().as_str())
-        );
+        assert_eq!(res.headers()["x-sim-body-bytes"].to_str().ok(), Some(body.len().to_string().as_str()));
         let want = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(body.as_bytes()));
         assert_eq!(
             res.headers()["x-sim-body-xxh3"].to_str().ok(),
@@ -317,51 +211,25 @@ async fn large_bodies_arrive_byte_identical_and_streams_release_inflight() {
         let long = json!({"model": "tiny-chat", "prompt": "a long story", "max_tokens": 2000, "stream": true});
         let mut open = Vec::new();
         for _ in 0..3 {
-            let mut res = client()
-                .post(cluster.envoy.url("/v1/completions"))
-                .json(&long)
-                .send()
-                .await
-                .expect("sent");
+            let mut res = client().post(cluster.envoy.url("/v1/completions")).json(&long).send().await.expect("sent");
             res.chunk().await.expect("first chunk");
             open.push(res);
         }
         let m = cluster.router_metrics().await;
-        assert_eq!(
-            metric(&m, "prefix_router_inflight_requests"),
-            3.0,
-            "{mode:?}: three streams in flight"
-        );
+        assert_eq!(metric(&m, "prefix_router_inflight_requests"), 3.0, "{mode:?}: three streams in flight");
         drop(open);
         let mut left = f64::NAN;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            left = metric(
-                &cluster.router_metrics().await,
-                "prefix_router_inflight_requests",
-            );
+            left = metric(&cluster.router_metrics().await, "prefix_router_inflight_requests");
             if left == 0.0 {
                 break;
             }
         }
-        assert_eq!(
-            left, 0.0,
-            "{mode:?}: in-flight counts return to zero after clients disconnect"
-        );
+        assert_eq!(left, 0.0, "{mode:?}: in-flight counts return to zero after clients disconnect");
         for sim in &cluster.sims {
-            let text = client()
-                .get(sim.url("/metrics"))
-                .send()
-                .await
-                .expect("m")
-                .text()
-                .await
-                .expect("t");
-            assert_eq!(
-                metric(&text, "vllm:num_requests_running"),
-                0.0,
-                "the sims stopped generating too"
-            );
+            let text = client().get(sim.url("/metrics")).send().await.expect("m").text().await.expect("t");
+            assert_eq!(metric(&text, "vllm:num_requests_running"), 0.0, "the sims stopped generating too");
         }
     }
 }

@@ -8,21 +8,12 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 async fn metrics(sim: &procs::Proc) -> String {
-    client()
-        .get(sim.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
+    client().get(sim.url("/metrics")).send().await.expect("metrics").text().await.expect("text")
 }
 
 /// Exactly `n` real token ids from text, so block arithmetic is exact.
 async fn prompt_ids(sim: &procs::Proc, topic: &str, n: usize) -> Vec<u64> {
-    let text: String = (0..n)
-        .map(|i| format!("{topic} sentence {i} about caching. "))
-        .collect();
+    let text: String = (0..n).map(|i| format!("{topic} sentence {i} about caching. ")).collect();
     let body: Value = client()
         .post(sim.url("/tokenize"))
         .json(&json!({"prompt": text}))
@@ -42,12 +33,7 @@ async fn complete(sim: &procs::Proc, prompt: &[u64]) -> (Duration, u64) {
     let req = json!({"model": "tiny-chat", "prompt": prompt, "max_tokens": 2, "stream": true,
         "stream_options": {"include_usage": true}});
     let start = Instant::now();
-    let mut res = client()
-        .post(sim.url("/v1/completions"))
-        .json(&req)
-        .send()
-        .await
-        .expect("request");
+    let mut res = client().post(sim.url("/v1/completions")).json(&req).send().await.expect("request");
     assert_eq!(res.status(), 200);
     let mut ttft = None;
     let mut text = String::new();
@@ -63,33 +49,21 @@ async fn complete(sim: &procs::Proc, prompt: &[u64]) -> (Duration, u64) {
         .expect("usage chunk");
     (
         ttft.expect("a first chunk"),
-        usage_line["usage"]["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .expect("cached"),
+        usage_line["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cached"),
     )
 }
 
 #[tokio::test]
 async fn a_repeated_prompt_hits_its_blocks_until_other_prompts_evict_them() {
     // 2,000 tokens at 200 µs each: 0.4 s of prefill uncached, ~3 ms cached.
-    let sim = procs::sim(&[
-        "--num-gpu-blocks",
-        "300",
-        "--prefill-us-per-token",
-        "200",
-        "--decode-ms-per-token",
-        "0",
-    ]);
+    let sim = procs::sim(&["--num-gpu-blocks", "300", "--prefill-us-per-token", "200", "--decode-ms-per-token", "0"]);
     let first = prompt_ids(&sim, "alpha", 2000).await;
 
     let (cold_ttft, cold_cached) = complete(&sim, &first).await;
     assert_eq!(cold_cached, 0);
     let hits_before = metric(&metrics(&sim).await, "vllm:prefix_cache_hits_total");
     let (warm_ttft, warm_cached) = complete(&sim, &first).await;
-    assert!(
-        warm_cached >= 1984,
-        "every full block but the recomputed last: {warm_cached}"
-    );
+    assert!(warm_cached >= 1984, "every full block but the recomputed last: {warm_cached}");
     let hits_after = metric(&metrics(&sim).await, "vllm:prefix_cache_hits_total");
     assert_eq!(hits_after - hits_before, warm_cached as f64);
     assert!(
@@ -116,11 +90,8 @@ async fn requests_beyond_max_num_seqs_wait() {
     for i in 0..5 {
         let url = sim.url("/v1/completions");
         calls.push(tokio::spawn(async move {
-            let res = client()
-                .post(url)
-                .json(&json!({"prompt": format!("request {i}"), "max_tokens": 15}))
-                .send()
-                .await;
+            let res =
+                client().post(url).json(&json!({"prompt": format!("request {i}"), "max_tokens": 15})).send().await;
             let res = res.expect("answered");
             let status = res.status();
             res.text().await.expect("body read to the end");
@@ -131,10 +102,7 @@ async fn requests_beyond_max_num_seqs_wait() {
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(25)).await;
         let text = metrics(&sim).await;
-        let now = (
-            metric(&text, "vllm:num_requests_running"),
-            metric(&text, "vllm:num_requests_waiting"),
-        );
+        let now = (metric(&text, "vllm:num_requests_running"), metric(&text, "vllm:num_requests_waiting"));
         if now == (2.0, 3.0) {
             seen = now;
             break;
@@ -145,30 +113,16 @@ async fn requests_beyond_max_num_seqs_wait() {
         assert_eq!(c.await.expect("joined"), 200);
     }
     let text = metrics(&sim).await;
-    assert_eq!(
-        (
-            metric(&text, "vllm:num_requests_running"),
-            metric(&text, "vllm:num_requests_waiting")
-        ),
-        (0.0, 0.0)
-    );
+    assert_eq!((metric(&text, "vllm:num_requests_running"), metric(&text, "vllm:num_requests_waiting")), (0.0, 0.0));
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
     let sim = procs::sim(&["--max-num-seqs", "1", "--decode-ms-per-token", "50"]);
     let req = json!({"prompt": "long story", "max_tokens": 1000, "stream": true});
-    let mut res = client()
-        .post(sim.url("/v1/completions"))
-        .json(&req)
-        .send()
-        .await
-        .expect("request");
+    let mut res = client().post(sim.url("/v1/completions")).json(&req).send().await.expect("request");
     res.chunk().await.expect("first chunk");
-    assert_eq!(
-        metric(&metrics(&sim).await, "vllm:num_requests_running"),
-        1.0
-    );
+    assert_eq!(metric(&metrics(&sim).await, "vllm:num_requests_running"), 1.0);
     drop(res);
     let mut running = 1.0;
     for _ in 0..40 {
@@ -179,10 +133,6 @@ async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
         }
     }
     assert_eq!(running, 0.0);
-    let ok = client()
-        .post(sim.url("/v1/completions"))
-        .json(&json!({"prompt": "next", "max_tokens": 1}))
-        .send()
-        .await;
+    let ok = client().post(sim.url("/v1/completions")).json(&json!({"prompt": "next", "max_tokens": 1})).send().await;
     assert_eq!(ok.expect("served").status(), 200);
 }

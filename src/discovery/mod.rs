@@ -178,21 +178,11 @@ impl Registry {
                         inflight: AtomicU64::new(0),
                     })
                 });
-                if next_known
-                    .insert(ep.key.clone(), Arc::clone(&endpoint))
-                    .is_none()
-                {
+                if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {
                     endpoints.push(endpoint);
                 }
             }
-            models.insert(
-                spec.name.clone(),
-                Arc::new(Model {
-                    name: spec.name,
-                    endpoints,
-                    tokenizer: spec.tokenizer,
-                }),
-            );
+            models.insert(spec.name.clone(), Arc::new(Model { name: spec.name, endpoints, tokenizer: spec.tokenizer }));
         }
         *known = next_known;
         let snapshot = Arc::new(Snapshot { models });
@@ -235,10 +225,6 @@ mod tests {
         let again = &snap.models["m"].endpoints[0];
         assert!(Arc::ptr_eq(&first, again));
         assert_eq!(again.inflight(), 1);
-        assert_ne!(
-            snap.models["m"].endpoints[1].id,
-            PodId(2),
-            "a new pod gets a new id"
-        );
+        assert_ne!(snap.models["m"].endpoints[1].id, PodId(2), "a new pod gets a new id");
     }
 }

@@ -45,20 +45,13 @@ pub struct StaticFile {
 
 impl StaticFile {
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            tokenizers: HashMap::new(),
-            last: None,
-        }
+        Self { path, tokenizers: HashMap::new(), last: None }
     }
 
     /// Loads once; `Ok(false)` if the file has not changed since the last load.
     pub fn load_into(&mut self, registry: &Registry) -> Result<bool, DiscoveryError> {
         let shown = self.path.display().to_string();
-        let err = |message: String| DiscoveryError::File {
-            path: shown.clone(),
-            message,
-        };
+        let err = |message: String| DiscoveryError::File { path: shown.clone(), message };
         let bytes = std::fs::read(&self.path).map_err(|e| err(e.to_string()))?;
         let digest = xxhash_rust::xxh3::xxh3_64(&bytes);
         if self.last == Some(digest) {
@@ -88,23 +81,19 @@ impl StaticFile {
                 .iter()
                 .map(|e| {
                     let addr = e.parse().map_err(|_| {
-                        format!("model '{}': endpoint '{e}' is not ip:port (IPv6 as [addr]:port; no host names)", m.name)
+                        format!(
+                            "model '{}': endpoint '{e}' is not ip:port (IPv6 as [addr]:port; no host names)",
+                            m.name
+                        )
                     })?;
                     Ok(EndpointSpec { key: format!("{}/{e}", m.name), addr, engine })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let tokenizer = match m.tokenizer {
                 None => None,
-                Some(dir) => Some(
-                    self.tokenizer(&base.join(dir))
-                        .map_err(|e| format!("model '{}': {e}", m.name))?,
-                ),
+                Some(dir) => Some(self.tokenizer(&base.join(dir)).map_err(|e| format!("model '{}': {e}", m.name))?),
             };
-            specs.push(ModelSpec {
-                name: m.name,
-                tokenizer,
-                endpoints,
-            });
+            specs.push(ModelSpec { name: m.name, tokenizer, endpoints });
         }
         Ok(specs)
     }
@@ -158,42 +147,29 @@ mod tests {
     fn parses_models_and_rejects_bad_files_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("endpoints.yaml");
-        std::fs::write(&path, "models:\n  - name: a\n    endpoints: [\"127.0.0.1:8001\", \"[::1]:8002\"]\n  - name: b\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "models:\n  - name: a\n    endpoints: [\"127.0.0.1:8001\", \"[::1]:8002\"]\n  - name: b\n",
+        )
+        .expect("write");
         let reg = Registry::new();
         let mut file = StaticFile::new(path.clone());
         assert!(file.load_into(&reg).expect("loads"));
         let snap = reg.snapshot();
         assert_eq!(snap.models["a"].endpoints.len(), 2);
         assert!(snap.models["b"].endpoints.is_empty());
-        assert!(
-            !file.load_into(&reg).expect("unchanged"),
-            "unchanged file is not republished"
-        );
+        assert!(!file.load_into(&reg).expect("unchanged"), "unchanged file is not republished");
 
         for (body, needle) in [
-            (
-                "models:\n  - name: a\n    endpoints: [\"pod-a:80\"]\n",
-                "not ip:port",
-            ),
+            ("models:\n  - name: a\n    endpoints: [\"pod-a:80\"]\n", "not ip:port"),
             ("models:\n  - name: a\n  - name: a\n", "listed twice"),
-            (
-                "models:\n  - name: a\n    tokenizer: nope\n",
-                "no tokenizer.json",
-            ),
+            ("models:\n  - name: a\n    tokenizer: nope\n", "no tokenizer.json"),
             ("models:\n  - name: a\n    endpoint: []\n", "unknown field"),
         ] {
             std::fs::write(&path, body).expect("write");
             let err = file.load_into(&reg).expect_err(body).to_string();
-            assert!(
-                err.contains(needle) && err.contains("endpoints.yaml"),
-                "{err}"
-            );
+            assert!(err.contains(needle) && err.contains("endpoints.yaml"), "{err}");
         }
-        assert_eq!(
-            reg.snapshot().models["a"].endpoints.len(),
-            2,
-            "last good state kept"
-        );
+        assert_eq!(reg.snapshot().models["a"].endpoints.len(), 2, "last good state kept");
     }
 }

@@ -25,18 +25,12 @@ impl Reject {
     /// (HTTP status, OpenAI error type, code)
     fn classify(&self) -> (u16, &'static str, &'static str) {
         match self {
-            Reject::Parse(ParseError::MissingModel) => {
-                (400, "invalid_request_error", "missing_model")
-            }
+            Reject::Parse(ParseError::MissingModel) => (400, "invalid_request_error", "missing_model"),
             Reject::Parse(ParseError::InvalidJson(_) | ParseError::NotAnObject) => {
                 (400, "invalid_request_error", "invalid_json")
             }
-            Reject::Parse(ParseError::Invalid(_)) => {
-                (400, "invalid_request_error", "invalid_request")
-            }
-            Reject::Route(RouteError::UnknownModel(_)) => {
-                (404, "invalid_request_error", "model_not_found")
-            }
+            Reject::Parse(ParseError::Invalid(_)) => (400, "invalid_request_error", "invalid_request"),
+            Reject::Route(RouteError::UnknownModel(_)) => (404, "invalid_request_error", "model_not_found"),
             Reject::Route(RouteError::NoReadyEndpoint(_) | RouteError::NoEndpoints) => {
                 (503, "service_unavailable", "no_ready_endpoint")
             }
@@ -56,18 +50,12 @@ impl Reject {
             "error": {"message": self.to_string(), "type": kind, "param": null, "code": code}
         });
         let header = |k: &str, v: &str| HeaderValueOption {
-            header: Some(HeaderValue {
-                key: k.into(),
-                raw_value: v.as_bytes().to_vec(),
-                ..Default::default()
-            }),
+            header: Some(HeaderValue { key: k.into(), raw_value: v.as_bytes().to_vec(), ..Default::default() }),
             ..Default::default()
         };
         ProcessingResponse {
             response: Some(Response::ImmediateResponse(ImmediateResponse {
-                status: Some(HttpStatus {
-                    code: i32::from(status),
-                }),
+                status: Some(HttpStatus { code: i32::from(status) }),
                 headers: Some(HeaderMutation {
                     set_headers: vec![header("content-type", "application/json")],
                     ..Default::default()
@@ -97,9 +85,7 @@ mod tests {
             (Reject::UnsupportedMode(1), 500),
         ];
         for (reject, status) in cases {
-            let Some(Response::ImmediateResponse(ir)) = reject.to_response().response else {
-                panic!("immediate")
-            };
+            let Some(Response::ImmediateResponse(ir)) = reject.to_response().response else { panic!("immediate") };
             assert_eq!(ir.status.map(|s| s.code), Some(i32::from(status)));
             let body: serde_json::Value = serde_json::from_slice(&ir.body).expect("json");
             assert_eq!(body["error"]["message"], reject.to_string());

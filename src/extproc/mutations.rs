@@ -6,9 +6,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse,
-    CommonResponse, HeaderMutation, HeadersResponse, ProcessingResponse, StreamedBodyResponse,
-    TrailersResponse,
+    body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse, CommonResponse, HeaderMutation,
+    HeadersResponse, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
@@ -33,32 +32,15 @@ pub fn destination(header: &str, value: Option<&str>) -> HeaderMutation {
             }],
             ..Default::default()
         },
-        None => HeaderMutation {
-            remove_headers: vec![header.to_owned()],
-            ..Default::default()
-        },
+        None => HeaderMutation { remove_headers: vec![header.to_owned()], ..Default::default() },
     }
 }
 
 fn lb_metadata(value: &str) -> Struct {
     let inner = Struct {
-        fields: [(
-            METADATA_KEY.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(value.to_owned())),
-            },
-        )]
-        .into(),
+        fields: [(METADATA_KEY.to_owned(), Value { kind: Some(Kind::StringValue(value.to_owned())) })].into(),
     };
-    Struct {
-        fields: [(
-            "envoy.lb".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(inner)),
-            },
-        )]
-        .into(),
-    }
+    Struct { fields: [("envoy.lb".to_owned(), Value { kind: Some(Kind::StructValue(inner)) })].into() }
 }
 
 fn routed(header: &str, value: &str) -> CommonResponse {
@@ -73,15 +55,10 @@ fn routed(header: &str, value: &str) -> CommonResponse {
 pub fn request_headers(header: &str, value: Option<&str>) -> ProcessingResponse {
     let response = match value {
         Some(v) => routed(header, v),
-        None => CommonResponse {
-            header_mutation: Some(destination(header, None)),
-            ..Default::default()
-        },
+        None => CommonResponse { header_mutation: Some(destination(header, None)), ..Default::default() },
     };
     ProcessingResponse {
-        response: Some(Response::RequestHeaders(HeadersResponse {
-            response: Some(response),
-        })),
+        response: Some(Response::RequestHeaders(HeadersResponse { response: Some(response) })),
         dynamic_metadata: value.map(lb_metadata),
         ..Default::default()
     }
@@ -90,9 +67,7 @@ pub fn request_headers(header: &str, value: Option<&str>) -> ProcessingResponse 
 /// BUFFERED: the decision rides on the request-body response.
 pub fn buffered_body(header: &str, value: &str) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(Response::RequestBody(BodyResponse {
-            response: Some(routed(header, value)),
-        })),
+        response: Some(Response::RequestBody(BodyResponse { response: Some(routed(header, value)) })),
         dynamic_metadata: Some(lb_metadata(value)),
         ..Default::default()
     }
@@ -114,57 +89,30 @@ pub fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> Vec<Pro
                 ..Default::default()
             }),
         };
-        let response = if request {
-            Response::RequestBody(body)
-        } else {
-            Response::ResponseBody(body)
-        };
-        ProcessingResponse {
-            response: Some(response),
-            ..Default::default()
-        }
+        let response = if request { Response::RequestBody(body) } else { Response::ResponseBody(body) };
+        ProcessingResponse { response: Some(response), ..Default::default() }
     };
     if body.is_empty() {
         return vec![chunk(&[], true)];
     }
     let n = body.len().div_ceil(MAX_CHUNK);
-    body.chunks(MAX_CHUNK)
-        .enumerate()
-        .map(|(i, c)| chunk(c, i + 1 == n))
-        .collect()
+    body.chunks(MAX_CHUNK).enumerate().map(|(i, c)| chunk(c, i + 1 == n)).collect()
 }
 
 pub fn continue_response_headers() -> ProcessingResponse {
-    ProcessingResponse {
-        response: Some(Response::ResponseHeaders(HeadersResponse::default())),
-        ..Default::default()
-    }
+    ProcessingResponse { response: Some(Response::ResponseHeaders(HeadersResponse::default())), ..Default::default() }
 }
 
 pub fn continue_body(request: bool) -> ProcessingResponse {
     let body = BodyResponse::default();
-    let response = if request {
-        Response::RequestBody(body)
-    } else {
-        Response::ResponseBody(body)
-    };
-    ProcessingResponse {
-        response: Some(response),
-        ..Default::default()
-    }
+    let response = if request { Response::RequestBody(body) } else { Response::ResponseBody(body) };
+    ProcessingResponse { response: Some(response), ..Default::default() }
 }
 
 pub fn continue_trailers(request: bool) -> ProcessingResponse {
     let t = TrailersResponse::default();
-    let response = if request {
-        Response::RequestTrailers(t)
-    } else {
-        Response::ResponseTrailers(t)
-    };
-    ProcessingResponse {
-        response: Some(response),
-        ..Default::default()
-    }
+    let response = if request { Response::RequestTrailers(t) } else { Response::ResponseTrailers(t) };
+    ProcessingResponse { response: Some(response), ..Default::default() }
 }
 
 #[cfg(test)]
@@ -179,21 +127,16 @@ mod tests {
         let parts: Vec<(usize, bool)> = chunks
             .iter()
             .map(|r| match &r.response {
-                Some(Response::RequestBody(BodyResponse { response: Some(c) })) => {
-                    match &c.body_mutation {
-                        Some(BodyMutation {
-                            mutation: Some(Mutation::StreamedResponse(s)),
-                        }) => (s.body.len(), s.end_of_stream),
-                        _ => panic!("streamed"),
+                Some(Response::RequestBody(BodyResponse { response: Some(c) })) => match &c.body_mutation {
+                    Some(BodyMutation { mutation: Some(Mutation::StreamedResponse(s)) }) => {
+                        (s.body.len(), s.end_of_stream)
                     }
-                }
+                    _ => panic!("streamed"),
+                },
                 _ => panic!("body"),
             })
             .collect();
-        assert_eq!(
-            parts,
-            vec![(62_000, false), (62_000, false), (26_000, true)]
-        );
+        assert_eq!(parts, vec![(62_000, false), (62_000, false), (26_000, true)]);
     }
 
     /// Golden bytes: a dependency bump that changes the wire shows up here. The decode below
@@ -206,39 +149,20 @@ mod tests {
         assert_eq!(hex, GOLDEN);
 
         let back = ProcessingResponse::decode(bytes.as_slice()).expect("decodes");
-        let Some(Response::RequestHeaders(HeadersResponse {
-            response: Some(common),
-        })) = back.response
-        else {
+        let Some(Response::RequestHeaders(HeadersResponse { response: Some(common) })) = back.response else {
             panic!("headers response")
         };
         assert!(common.clear_route_cache);
         let set = &common.header_mutation.expect("mutation").set_headers[0];
         let header = set.header.as_ref().expect("header");
         assert_eq!(
-            (
-                header.key.as_str(),
-                header.raw_value.as_slice(),
-                header.value.as_str()
-            ),
-            (
-                "x-gateway-destination-endpoint",
-                b"10.0.0.1:8000".as_slice(),
-                ""
-            )
+            (header.key.as_str(), header.raw_value.as_slice(), header.value.as_str()),
+            ("x-gateway-destination-endpoint", b"10.0.0.1:8000".as_slice(), "")
         );
-        assert_eq!(
-            set.append_action,
-            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-        );
+        assert_eq!(set.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
         let lb = &back.dynamic_metadata.expect("metadata").fields["envoy.lb"];
-        let Some(Kind::StructValue(inner)) = &lb.kind else {
-            panic!("struct")
-        };
-        assert_eq!(
-            inner.fields[METADATA_KEY].kind,
-            Some(Kind::StringValue("10.0.0.1:8000".into()))
-        );
+        let Some(Kind::StructValue(inner)) = &lb.kind else { panic!("struct") };
+        assert_eq!(inner.fields[METADATA_KEY].kind, Some(Kind::StringValue("10.0.0.1:8000".into())));
     }
 
     const GOLDEN: &str = "0a3b0a3912350a330a2f0a1e782d676174657761792d64657374696e6174696f6e2d656e64706f696e741a0d31302e302e302e313a383030301802280142430a410a08656e766f792e6c6212352a330a310a1e782d676174657761792d64657374696e6174696f6e2d656e64706f696e74120f1a0d31302e302e302e313a38303030";

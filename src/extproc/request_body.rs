@@ -16,12 +16,7 @@ pub async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse
     if st.body.len() + b.body.len() > st.ctx.max_body_bytes {
         st.request_done = true;
         st.body = Vec::new();
-        return reject(
-            st,
-            Reject::BodyTooLarge {
-                limit: st.ctx.max_body_bytes,
-            },
-        );
+        return reject(st, Reject::BodyTooLarge { limit: st.ctx.max_body_bytes });
     }
     if st.body.is_empty() {
         st.body = b.body;
@@ -33,12 +28,7 @@ pub async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse
         Mode::Buffered if !b.end_of_stream => {
             // BUFFERED_PARTIAL cut the body at Envoy's buffer limit: we cannot see all of it.
             st.request_done = true;
-            reject(
-                st,
-                Reject::BodyTooLarge {
-                    limit: st.body.len(),
-                },
-            )
+            reject(st, Reject::BodyTooLarge { limit: st.body.len() })
         }
         _ => finish(st, true).await,
     }
@@ -77,11 +67,7 @@ async fn finish(st: &mut StreamState, body_ended: bool) -> Vec<ProcessingRespons
     match st.mode {
         Mode::FullDuplex => {
             let mut out = vec![mutations::request_headers(st.header(), Some(&value))];
-            out.extend(mutations::streamed_body(
-                &std::mem::take(&mut st.body),
-                body_ended,
-                true,
-            ));
+            out.extend(mutations::streamed_body(&std::mem::take(&mut st.body), body_ended, true));
             out
         }
         _ => {

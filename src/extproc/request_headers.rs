@@ -10,18 +10,10 @@ pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
     let mut content_length: Option<usize> = None;
     for hv in h.headers.iter().flat_map(|m| m.headers.iter()) {
         // Envoy sends values in raw_value; older versions used value.
-        let value = if hv.raw_value.is_empty() {
-            hv.value.as_bytes()
-        } else {
-            &hv.raw_value[..]
-        };
+        let value = if hv.raw_value.is_empty() { hv.value.as_bytes() } else { &hv.raw_value[..] };
         match hv.key.as_str() {
             ":path" => st.path = String::from_utf8_lossy(value).into_owned(),
-            "content-length" => {
-                content_length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-            }
+            "content-length" => content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()),
             _ => {}
         }
     }
@@ -31,12 +23,7 @@ pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
     }
     if content_length.is_some_and(|n| n > st.ctx.max_body_bytes) {
         st.request_done = true;
-        return reject(
-            st,
-            Reject::BodyTooLarge {
-                limit: st.ctx.max_body_bytes,
-            },
-        );
+        return reject(st, Reject::BodyTooLarge { limit: st.ctx.max_body_bytes });
     }
     if h.end_of_stream || st.mode == Mode::NoBody {
         st.request_done = true;
@@ -56,11 +43,7 @@ pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
 }
 
 pub fn reject(st: &StreamState, r: Reject) -> Vec<ProcessingResponse> {
-    st.ctx
-        .metrics
-        .rejections
-        .with_label_values(&[&r.status().to_string()])
-        .inc();
+    st.ctx.metrics.rejections.with_label_values(&[&r.status().to_string()]).inc();
     tracing::debug!(status = r.status(), reason = %r, "request answered by the router");
     vec![r.to_response()]
 }

@@ -107,11 +107,7 @@ pub async fn run(
         let Ok(Some(msg)) = next else { break };
         if first {
             st.mode = mode_of(&st.ctx, &msg);
-            st.ctx
-                .metrics
-                .streams
-                .with_label_values(&[st.mode.label()])
-                .inc();
+            st.ctx.metrics.streams.with_label_values(&[st.mode.label()]).inc();
             first = false;
         }
         let replies = dispatch(&mut st, msg).await;

@@ -51,20 +51,12 @@ impl ChatInput {
         let chat_template = match obj.get("chat_template") {
             None | Some(Json::Null) => None,
             Some(Json::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(ChatError::Invalid(
-                    "'chat_template' must be a string".into(),
-                ))
-            }
+            Some(_) => return Err(ChatError::Invalid("'chat_template' must be a string".into())),
         };
         let chat_template_kwargs = match obj.get("chat_template_kwargs") {
             None | Some(Json::Null) => None,
             Some(Json::Object(m)) => Some(m.clone()),
-            Some(_) => {
-                return Err(ChatError::Invalid(
-                    "'chat_template_kwargs' must be an object".into(),
-                ))
-            }
+            Some(_) => return Err(ChatError::Invalid("'chat_template_kwargs' must be an object".into())),
         };
         let input = Self {
             messages,
@@ -76,8 +68,7 @@ impl ChatInput {
         };
         if input.add_generation_prompt && input.continue_final_message {
             return Err(ChatError::Invalid(
-                "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
-                    .into(),
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.".into(),
             ));
         }
         Ok(input)
@@ -93,10 +84,7 @@ pub(super) struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub(super) fn from_config(
-        config: &Json,
-        file_template: Option<String>,
-    ) -> Result<Self, String> {
+    pub(super) fn from_config(config: &Json, file_template: Option<String>) -> Result<Self, String> {
         let default = match config.get("chat_template") {
             Some(Json::String(s)) => Some(s.clone()),
             // A list of named templates: vLLM uses the one called "default".
@@ -113,19 +101,10 @@ impl ChatTemplate {
         let mut env = environment();
         let has_default = default.is_some();
         if let Some(source) = default {
-            env.add_template_owned(DEFAULT, source)
-                .map_err(|e| format!("chat template: {}", describe(&e)))?;
+            env.add_template_owned(DEFAULT, source).map_err(|e| format!("chat template: {}", describe(&e)))?;
         }
         let mut special_tokens = Map::new();
-        for key in [
-            "bos_token",
-            "eos_token",
-            "unk_token",
-            "pad_token",
-            "sep_token",
-            "cls_token",
-            "mask_token",
-        ] {
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"] {
             let text = match config.get(key) {
                 Some(Json::String(s)) => Some(s.clone()),
                 Some(Json::Object(o)) => o.get("content").and_then(Json::as_str).map(str::to_owned),
@@ -138,22 +117,14 @@ impl ChatTemplate {
         if let Some(list) = config.get("additional_special_tokens") {
             special_tokens.insert("additional_special_tokens".into(), list.clone());
         }
-        Ok(Self {
-            env,
-            has_default,
-            special_tokens,
-        })
+        Ok(Self { env, has_default, special_tokens })
     }
 
     pub(super) fn render(&self, input: &ChatInput) -> Result<String, ChatError> {
         if input.chat_template.is_none() && !self.has_default {
             return Err(ChatError::NoTemplate);
         }
-        let messages = input
-            .messages
-            .iter()
-            .map(normalize_message)
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = input.messages.iter().map(normalize_message).collect::<Result<Vec<_>, _>>()?;
         let mut ctx = self.special_tokens.clone();
         if let Some(kwargs) = &input.chat_template_kwargs {
             for (k, v) in kwargs {
@@ -162,17 +133,11 @@ impl ChatTemplate {
         }
         ctx.insert("messages".into(), Json::Array(messages.clone()));
         if let Some(tools) = &input.tools {
-            let tools = tools
-                .iter()
-                .map(normalize_tool)
-                .collect::<Result<Vec<_>, _>>()?;
+            let tools = tools.iter().map(normalize_tool).collect::<Result<Vec<_>, _>>()?;
             ctx.insert("tools".into(), Json::Array(tools));
         }
         // With continue_final_message the generation prompt is off (both set is rejected earlier).
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Json::Bool(input.add_generation_prompt),
-        );
+        ctx.insert("add_generation_prompt".into(), Json::Bool(input.add_generation_prompt));
 
         let ctx = Value::from(minijinja::value::Serde(&ctx));
         let rendered = match &input.chat_template {
@@ -189,18 +154,14 @@ impl ChatTemplate {
 
 /// vLLM cuts the prompt right after the final message's content so generation continues it.
 fn continue_final(rendered: String, messages: &[Json]) -> Result<String, ChatError> {
-    let last = messages
-        .last()
-        .ok_or_else(|| ChatError::Invalid("'messages' is empty".into()))?;
+    let last = messages.last().ok_or_else(|| ChatError::Invalid("'messages' is empty".into()))?;
     let content = last.get("content").and_then(Json::as_str).unwrap_or("");
     if content.is_empty() {
         return Ok(rendered);
     }
     match rendered.rfind(content) {
         Some(at) => Ok(rendered[..at + content.len()].to_owned()),
-        None => Err(ChatError::Invalid(
-            "the final message's content is not in the rendered template".into(),
-        )),
+        None => Err(ChatError::Invalid("the final message's content is not in the rendered template".into())),
     }
 }
 
@@ -208,29 +169,22 @@ const DEFAULT: &str = "default";
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .trim_blocks(true)
-        .lstrip_blocks(true)
-        .build()
-    {
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
         env.set_syntax(syntax);
     }
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_filter("tojson", tojson);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        },
-    );
+    env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+    });
     env
 }
 
 fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json =
+        serde_json::to_value(&value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(Value::from_safe_string(super::pyjson::dumps(&json, indent)))
 }
 
@@ -243,9 +197,7 @@ fn describe(e: &minijinja::Error) -> String {
 
 /// One message as vLLM hands it to the template.
 fn normalize_message(msg: &Json) -> Result<Json, ChatError> {
-    let obj = msg
-        .as_object()
-        .ok_or_else(|| ChatError::Invalid("each message must be an object".into()))?;
+    let obj = msg.as_object().ok_or_else(|| ChatError::Invalid("each message must be an object".into()))?;
     let role = obj
         .get("role")
         .and_then(Json::as_str)
@@ -254,11 +206,7 @@ fn normalize_message(msg: &Json) -> Result<Json, ChatError> {
         None | Some(Json::Null) => String::new(),
         Some(Json::String(s)) => s.clone(),
         Some(Json::Array(parts)) => text_of_parts(parts)?,
-        Some(_) => {
-            return Err(ChatError::Invalid(
-                "'content' must be a string or an array of parts".into(),
-            ))
-        }
+        Some(_) => return Err(ChatError::Invalid("'content' must be a string or an array of parts".into())),
     };
     let mut out = Map::new();
     out.insert("role".into(), Json::String(role.to_owned()));
@@ -269,9 +217,7 @@ fn normalize_message(msg: &Json) -> Result<Json, ChatError> {
         }
     }
     if let Some(calls) = obj.get("tool_calls").filter(|v| !v.is_null()) {
-        let calls = calls
-            .as_array()
-            .ok_or_else(|| ChatError::Invalid("'tool_calls' must be an array".into()))?;
+        let calls = calls.as_array().ok_or_else(|| ChatError::Invalid("'tool_calls' must be an array".into()))?;
         let calls = calls.iter().map(parse_tool_call_arguments).collect();
         out.insert("tool_calls".into(), Json::Array(calls));
     }
@@ -283,21 +229,16 @@ fn text_of_parts(parts: &[Json]) -> Result<String, ChatError> {
     for part in parts {
         match part.get("type").and_then(Json::as_str) {
             Some("text") | Some("input_text") => {
-                let text = part.get("text").and_then(Json::as_str).ok_or_else(|| {
-                    ChatError::Invalid("a text part needs a string 'text'".into())
-                })?;
+                let text = part
+                    .get("text")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| ChatError::Invalid("a text part needs a string 'text'".into()))?;
                 texts.push(text);
             }
             Some(other) => {
-                return Err(ChatError::Invalid(format!(
-                    "content part type '{other}' is not supported by a text model"
-                )))
+                return Err(ChatError::Invalid(format!("content part type '{other}' is not supported by a text model")))
             }
-            None => {
-                return Err(ChatError::Invalid(
-                    "each content part needs a 'type'".into(),
-                ))
-            }
+            None => return Err(ChatError::Invalid("each content part needs a 'type'".into())),
         }
     }
     Ok(texts.join("\n"))
@@ -326,21 +267,10 @@ fn normalize_tool(tool: &Json) -> Result<Json, ChatError> {
         .ok_or_else(|| ChatError::Invalid("each tool function needs a string 'name'".into()))?;
     let mut f = Map::new();
     f.insert("name".into(), Json::String(name.to_owned()));
-    f.insert(
-        "description".into(),
-        function.get("description").cloned().unwrap_or(Json::Null),
-    );
-    f.insert(
-        "parameters".into(),
-        function.get("parameters").cloned().unwrap_or(Json::Null),
-    );
+    f.insert("description".into(), function.get("description").cloned().unwrap_or(Json::Null));
+    f.insert("parameters".into(), function.get("parameters").cloned().unwrap_or(Json::Null));
     let mut out = Map::new();
-    out.insert(
-        "type".into(),
-        tool.get("type")
-            .cloned()
-            .unwrap_or_else(|| Json::String("function".into())),
-    );
+    out.insert("type".into(), tool.get("type").cloned().unwrap_or_else(|| Json::String("function".into())));
     out.insert("function".into(), Json::Object(f));
     Ok(Json::Object(out))
 }

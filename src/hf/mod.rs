@@ -35,20 +35,13 @@ impl HfTokenizer {
         if !json_path.is_file() {
             return Err(LoadError::Missing(dir.to_path_buf()));
         }
-        let broken = |path: &Path, message: String| LoadError::Broken {
-            path: path.to_path_buf(),
-            message,
-        };
-        let json_bytes =
-            std::fs::read(&json_path).map_err(|e| broken(&json_path, e.to_string()))?;
-        let tokenizer =
-            Tokenizer::from_bytes(&json_bytes).map_err(|e| broken(&json_path, e.to_string()))?;
+        let broken = |path: &Path, message: String| LoadError::Broken { path: path.to_path_buf(), message };
+        let json_bytes = std::fs::read(&json_path).map_err(|e| broken(&json_path, e.to_string()))?;
+        let tokenizer = Tokenizer::from_bytes(&json_bytes).map_err(|e| broken(&json_path, e.to_string()))?;
 
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = match std::fs::read(&config_path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| broken(&config_path, e.to_string()))?
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| broken(&config_path, e.to_string()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
             Err(e) => return Err(broken(&config_path, e.to_string())),
         };
@@ -58,15 +51,10 @@ impl HfTokenizer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(broken(&jinja_path, e.to_string())),
         };
-        let chat = chat::ChatTemplate::from_config(&config, file_template)
-            .map_err(|e| broken(&config_path, e))?;
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(&json_bytes)
-            ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
-        Ok(Self {
-            tokenizer,
-            chat,
-            fingerprint,
-        })
+        let chat = chat::ChatTemplate::from_config(&config, file_template).map_err(|e| broken(&config_path, e))?;
+        let fingerprint =
+            xxhash_rust::xxh3::xxh3_64(&json_bytes) ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
+        Ok(Self { tokenizer, chat, fingerprint })
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -85,9 +73,7 @@ impl HfTokenizer {
     }
 
     pub fn token_strs(&self, ids: &[u32]) -> Vec<Option<String>> {
-        ids.iter()
-            .map(|&id| self.tokenizer.id_to_token(id))
-            .collect()
+        ids.iter().map(|&id| self.tokenizer.id_to_token(id)).collect()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -100,22 +86,15 @@ impl HfTokenizer {
     }
 
     /// Renders and tokenizes a chat request (`add_special_tokens` defaults to false for chat in vLLM).
-    pub fn encode_chat(
-        &self,
-        input: &ChatInput,
-        add_special_tokens: bool,
-    ) -> Result<Vec<u32>, ChatError> {
+    pub fn encode_chat(&self, input: &ChatInput, add_special_tokens: bool) -> Result<Vec<u32>, ChatError> {
         let text = self.render_chat(input)?;
-        self.encode(&text, add_special_tokens)
-            .map_err(ChatError::Tokenize)
+        self.encode(&text, add_special_tokens).map_err(ChatError::Tokenize)
     }
 }
 
 impl std::fmt::Debug for HfTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HfTokenizer")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
+        f.debug_struct("HfTokenizer").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
     }
 }
 
@@ -159,14 +138,14 @@ mod tests {
             "add_generation_prompt": false
         }));
         let text = tok.render_chat(&input).expect("renders");
-        assert!(text.contains(
-            "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": null, \
-             \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}\n</tools>"
-        ), "{text}");
         assert!(
-            text.ends_with("<|im_start|>user\nweather?<|im_end|>\n"),
+            text.contains(
+                "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": null, \
+             \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}\n</tools>"
+            ),
             "{text}"
         );
+        assert!(text.ends_with("<|im_start|>user\nweather?<|im_end|>\n"), "{text}");
     }
 
     #[test]
@@ -187,17 +166,9 @@ mod tests {
     #[test]
     fn special_tokens_are_single_ids_and_decode_round_trips() {
         let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
-        let ids = tok
-            .encode("<|im_start|>user\nhello world<|im_end|>", false)
-            .expect("encodes");
-        assert_eq!(
-            tok.token_strs(&ids[..1]),
-            vec![Some("<|im_start|>".to_owned())]
-        );
-        assert_eq!(
-            tok.decode(&ids).expect("decodes"),
-            "<|im_start|>user\nhello world<|im_end|>"
-        );
+        let ids = tok.encode("<|im_start|>user\nhello world<|im_end|>", false).expect("encodes");
+        assert_eq!(tok.token_strs(&ids[..1]), vec![Some("<|im_start|>".to_owned())]);
+        assert_eq!(tok.decode(&ids).expect("decodes"), "<|im_start|>user\nhello world<|im_end|>");
     }
 
     #[test]

@@ -94,9 +94,6 @@ mod tests {
     #[test]
     fn indents_like_python() {
         let v = json!({"a": [1, {}], "b": []});
-        assert_eq!(
-            dumps(&v, Some(2)),
-            "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}"
-        );
+        assert_eq!(dumps(&v, Some(2)), "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}");
     }
 }

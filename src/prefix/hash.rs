@@ -56,12 +56,7 @@ mod tests {
         let mut c = a.clone();
         c[3] = 99;
         let hc = block_hashes(&c, 16, seed);
-        assert!(
-            hc.iter()
-                .zip(block_hashes(&a, 16, seed))
-                .all(|(x, y)| *x != y),
-            "a change poisons every later block"
-        );
+        assert!(hc.iter().zip(block_hashes(&a, 16, seed)).all(|(x, y)| *x != y), "a change poisons every later block");
     }
 
     #[test]
@@ -74,8 +69,7 @@ mod tests {
             HashSeed::new("m", Some(""), 0),
             HashSeed::new("m", None, 1),
         ];
-        let hashes: std::collections::HashSet<u64> =
-            seeds.iter().map(|s| block_hashes(&t, 16, *s)[0]).collect();
+        let hashes: std::collections::HashSet<u64> = seeds.iter().map(|s| block_hashes(&t, 16, *s)[0]).collect();
         assert_eq!(hashes.len(), seeds.len());
     }
 }

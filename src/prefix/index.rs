@@ -17,10 +17,7 @@ pub struct Matches {
 
 impl Matches {
     pub fn get(&self, pod: PodId) -> usize {
-        self.by_pod
-            .iter()
-            .find(|(p, _)| *p == pod)
-            .map_or(0, |(_, n)| *n)
+        self.by_pod.iter().find(|(p, _)| *p == pod).map_or(0, |(_, n)| *n)
     }
     pub fn best(&self) -> usize {
         self.by_pod.iter().map(|(_, n)| *n).max().unwrap_or(0)
@@ -36,11 +33,7 @@ pub struct PrefixIndex {
 
 impl PrefixIndex {
     pub fn new(blocks_per_pod: usize) -> Self {
-        Self {
-            blocks: HashMap::new(),
-            pods: HashMap::new(),
-            blocks_per_pod: blocks_per_pod.max(1),
-        }
+        Self { blocks: HashMap::new(), pods: HashMap::new(), blocks_per_pod: blocks_per_pod.max(1) }
     }
 
     /// For each pod, how many of `hashes` it holds from the start without a gap.
@@ -141,11 +134,7 @@ mod tests {
         idx.record(B, &[1, 2, 9]);
         let m = idx.lookup(&[1, 2, 3, 5]);
         assert_eq!((m.get(A), m.get(B), m.best()), (3, 2, 3));
-        assert_eq!(
-            idx.lookup(&[7, 1, 2]).best(),
-            0,
-            "a gap at the start matches nothing"
-        );
+        assert_eq!(idx.lookup(&[7, 1, 2]).best(), 0, "a gap at the start matches nothing");
         // A holds block 3 but not 2: no credit past the gap.
         let mut gap = PrefixIndex::new(100);
         gap.record(A, &[1]);

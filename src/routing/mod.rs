@@ -10,8 +10,7 @@ use crate::openai::{InferenceRequest, Kind};
 use crate::prefix::{block_hashes, HashSeed, PodId, PrefixIndex};
 use crate::tokenizer::Tokenize;
 use policy::{
-    Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts,
-    RoundRobin,
+    Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -100,24 +99,14 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         let anywhere = make_policy(&cfg);
-        Self {
-            registry,
-            tokenizer,
-            cfg,
-            models: Arc::default(),
-            anywhere,
-            metrics,
-        }
+        Self { registry, tokenizer, cfg, models: Arc::default(), anywhere, metrics }
     }
 
     /// Routes a parsed request within its model.
     pub async fn route(&self, req: &InferenceRequest) -> Result<Decision, RouteError> {
         let started = Instant::now();
         let snapshot = self.registry.snapshot();
-        let model = snapshot
-            .models
-            .get(&req.model)
-            .ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
+        let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
         if model.endpoints.is_empty() {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         }
@@ -132,10 +121,7 @@ impl Router {
             self.metrics.observe_phase("tokenize", t.elapsed());
             let t = Instant::now();
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
-                self.metrics
-                    .tokenized
-                    .with_label_values(&[tokens.space.label()])
-                    .inc();
+                self.metrics.tokenized.with_label_values(&[tokens.space.label()]).inc();
                 let seed = HashSeed::new(&req.model, req.cache_salt.as_deref(), tokens.space.id());
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
             });
@@ -147,9 +133,7 @@ impl Router {
         let candidates: Vec<&Arc<Endpoint>> = model
             .endpoints
             .iter()
-            .filter(|e| {
-                self.cfg.max_inflight_per_pod == 0 || e.inflight() < self.cfg.max_inflight_per_pod
-            })
+            .filter(|e| self.cfg.max_inflight_per_pod == 0 || e.inflight() < self.cfg.max_inflight_per_pod)
             .collect();
         if candidates.is_empty() {
             return Err(RouteError::Overloaded(req.model.clone()));
@@ -169,35 +153,27 @@ impl Router {
         self.metrics.observe_phase("lookup", t.elapsed());
 
         let t = Instant::now();
-        let pick = state.policy.pick(
-            &facts,
-            &RequestFacts {
-                prompt_blocks: hashes.len(),
-            },
-        );
+        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: hashes.len() });
         self.metrics.observe_phase("pick", t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         };
         let chosen = order[0];
         if !hashes.is_empty() {
-            state
-                .index
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(candidates[chosen].id, &hashes);
+            state.index.write().unwrap_or_else(|p| p.into_inner()).record(candidates[chosen].id, &hashes);
             let ratio = facts[chosen].matched_blocks as f64 / hashes.len() as f64;
-            self.metrics
-                .matched_ratio
-                .with_label_values(&[&req.model])
-                .observe(ratio);
+            self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
         }
-        self.metrics
-            .decisions
-            .with_label_values(&[&req.model, outcome.label()])
-            .inc();
+        self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
         self.metrics.observe_phase("total", started.elapsed());
         Ok(self.decision(order.iter().map(|&i| candidates[i]), outcome))
+    }
+
+    /// The tokens a request would be routed with (for `/debug/tokenize`); nothing is recorded.
+    pub async fn tokens_for(&self, req: &InferenceRequest) -> Result<crate::tokenizer::Tokens, RouteError> {
+        let snapshot = self.registry.snapshot();
+        let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
+        self.tokenizer.tokenize(model, req).await.map_err(|_| RouteError::NoReadyEndpoint(req.model.clone()))
     }
 
     /// Routes a request that names no model (no body, or a body without one) to any ready pod,
@@ -205,50 +181,25 @@ impl Router {
     pub fn route_anywhere(&self) -> Result<Decision, RouteError> {
         let snapshot = self.registry.snapshot();
         let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().collect();
-        let facts: Vec<Candidate> = all
-            .iter()
-            .map(|e| Candidate {
-                matched_blocks: 0,
-                inflight: e.inflight(),
-                index_blocks: 0,
-            })
-            .collect();
-        match self
-            .anywhere
-            .pick(&facts, &RequestFacts { prompt_blocks: 0 })
-        {
+        let facts: Vec<Candidate> =
+            all.iter().map(|e| Candidate { matched_blocks: 0, inflight: e.inflight(), index_blocks: 0 }).collect();
+        match self.anywhere.pick(&facts, &RequestFacts { prompt_blocks: 0 }) {
             Pick::Chosen { order, outcome } => {
-                self.metrics
-                    .decisions
-                    .with_label_values(&["", outcome.label()])
-                    .inc();
+                self.metrics.decisions.with_label_values(&["", outcome.label()]).inc();
                 Ok(self.decision(order.iter().map(|&i| all[i]), outcome))
             }
             Pick::NoCandidates => Err(RouteError::NoEndpoints),
         }
     }
 
-    fn decision<'a>(
-        &self,
-        ordered: impl Iterator<Item = &'a Arc<Endpoint>>,
-        outcome: Outcome,
-    ) -> Decision {
+    fn decision<'a>(&self, ordered: impl Iterator<Item = &'a Arc<Endpoint>>, outcome: Outcome) -> Decision {
         let endpoints: Vec<Arc<Endpoint>> = ordered.take(1 + self.cfg.fallbacks).cloned().collect();
         let guard = InflightGuard::new(Arc::clone(&endpoints[0]));
-        Decision {
-            endpoints,
-            outcome,
-            guard,
-        }
+        Decision { endpoints, outcome, guard }
     }
 
     fn model_state(&self, model: &str) -> Arc<ModelState> {
-        if let Some(s) = self
-            .models
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-        {
+        if let Some(s) = self.models.read().unwrap_or_else(|p| p.into_inner()).get(model) {
             return Arc::clone(s);
         }
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
@@ -265,11 +216,7 @@ impl Router {
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
         models.retain(|name, _| snapshot.models.contains_key(name));
         for (name, state) in models.iter() {
-            let live: HashSet<PodId> = snapshot.models[name]
-                .endpoints
-                .iter()
-                .map(|e| e.id)
-                .collect();
+            let live: HashSet<PodId> = snapshot.models[name].endpoints.iter().map(|e| e.id).collect();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<PodId> = index.pods().filter(|p| !live.contains(p)).collect();
             for pod in gone {
@@ -297,17 +244,12 @@ impl Router {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         let mut s = StateSample::default();
         for (name, model) in &snapshot.models {
-            s.endpoints
-                .push((name.clone(), model.endpoints.len() as u64));
-            let index = models
-                .get(name)
-                .map(|m| m.index.read().unwrap_or_else(|p| p.into_inner()));
+            s.endpoints.push((name.clone(), model.endpoints.len() as u64));
+            let index = models.get(name).map(|m| m.index.read().unwrap_or_else(|p| p.into_inner()));
             for e in &model.endpoints {
-                s.inflight
-                    .push((name.clone(), e.addr.to_string(), e.inflight()));
+                s.inflight.push((name.clone(), e.addr.to_string(), e.inflight()));
                 let blocks = index.as_ref().map_or(0, |i| i.pod_blocks(e.id));
-                s.index_blocks
-                    .push((name.clone(), e.addr.to_string(), blocks as u64));
+                s.index_blocks.push((name.clone(), e.addr.to_string(), blocks as u64));
             }
         }
         s

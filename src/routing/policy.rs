@@ -87,25 +87,16 @@ impl Policy for PrefixAware {
         };
         let p = &self.0;
         let guarded = |x: &Candidate| {
-            x.inflight > min_load + p.balance_abs
-                && (x.inflight as f64) > p.balance_rel * min_load as f64
+            x.inflight > min_load + p.balance_abs && (x.inflight as f64) > p.balance_rel * min_load as f64
         };
         let cost = |x: &Candidate| {
             let uncached = facts.prompt_blocks.saturating_sub(x.matched_blocks);
             p.prefix_weight * uncached as f64 + p.load_weight * x.inflight as f64
         };
         let mut rng = rand::rng();
-        let mut keyed: Vec<(bool, f64, usize, u32, usize)> = c
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (guarded(x), cost(x), x.index_blocks, rng.random::<u32>(), i))
-            .collect();
-        keyed.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-                .then(a.3.cmp(&b.3))
-        });
+        let mut keyed: Vec<(bool, f64, usize, u32, usize)> =
+            c.iter().enumerate().map(|(i, x)| (guarded(x), cost(x), x.index_blocks, rng.random::<u32>(), i)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
         let order: Vec<usize> = keyed.iter().map(|k| k.4).collect();
         let best_match = c.iter().map(|x| x.matched_blocks).max().unwrap_or(0);
         let outcome = if facts.prompt_blocks == 0 {
@@ -131,10 +122,7 @@ impl Policy for Random {
         }
         let mut order: Vec<usize> = (0..c.len()).collect();
         rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
-        Pick::Chosen {
-            order,
-            outcome: Outcome::Baseline,
-        }
+        Pick::Chosen { order, outcome: Outcome::Baseline }
     }
 }
 
@@ -148,10 +136,7 @@ impl Policy for RoundRobin {
         }
         let start = self.0.fetch_add(1, Ordering::Relaxed) % c.len();
         let order = (0..c.len()).map(|i| (start + i) % c.len()).collect();
-        Pick::Chosen {
-            order,
-            outcome: Outcome::Baseline,
-        }
+        Pick::Chosen { order, outcome: Outcome::Baseline }
     }
 }
 
@@ -164,16 +149,10 @@ impl Policy for LeastLoad {
             return Pick::NoCandidates;
         }
         let mut rng = rand::rng();
-        let mut keyed: Vec<(u64, u32, usize)> = c
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (x.inflight, rng.random(), i))
-            .collect();
+        let mut keyed: Vec<(u64, u32, usize)> =
+            c.iter().enumerate().map(|(i, x)| (x.inflight, rng.random(), i)).collect();
         keyed.sort_unstable();
-        Pick::Chosen {
-            order: keyed.into_iter().map(|k| k.2).collect(),
-            outcome: Outcome::Baseline,
-        }
+        Pick::Chosen { order: keyed.into_iter().map(|k| k.2).collect(), outcome: Outcome::Baseline }
     }
 }
 
@@ -182,27 +161,14 @@ mod tests {
     use super::*;
 
     fn cand(matched_blocks: usize, inflight: u64) -> Candidate {
-        Candidate {
-            matched_blocks,
-            inflight,
-            index_blocks: 0,
-        }
+        Candidate { matched_blocks, inflight, index_blocks: 0 }
     }
 
-    const PARAMS: PrefixParams = PrefixParams {
-        prefix_weight: 1.0,
-        load_weight: 8.0,
-        balance_abs: 8,
-        balance_rel: 1.5,
-    };
+    const PARAMS: PrefixParams =
+        PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5 };
 
     fn first(p: &dyn Policy, c: &[Candidate], blocks: usize) -> (usize, Outcome) {
-        match p.pick(
-            c,
-            &RequestFacts {
-                prompt_blocks: blocks,
-            },
-        ) {
+        match p.pick(c, &RequestFacts { prompt_blocks: blocks }) {
             Pick::Chosen { order, outcome } => (order[0], outcome),
             Pick::NoCandidates => panic!("no pick"),
         }
@@ -211,64 +177,29 @@ mod tests {
     #[test]
     fn prefers_the_cached_prefix_until_load_outweighs_it() {
         let p = PrefixAware(PARAMS);
-        assert_eq!(
-            first(&p, &[cand(0, 0), cand(100, 2), cand(10, 0)], 125),
-            (1, Outcome::PrefixHit)
-        );
+        assert_eq!(first(&p, &[cand(0, 0), cand(100, 2), cand(10, 0)], 125), (1, Outcome::PrefixHit));
         // 100 blocks saved < 8 × 13 extra in flight: the load wins.
-        assert_eq!(
-            first(&p, &[cand(0, 0), cand(100, 13)], 125),
-            (0, Outcome::LoadOverride)
-        );
-        assert_eq!(
-            first(&p, &[cand(0, 3), cand(0, 1)], 125),
-            (1, Outcome::Miss)
-        );
-        assert_eq!(
-            first(&p, &[cand(0, 3), cand(0, 1)], 0),
-            (1, Outcome::LoadOnly)
-        );
+        assert_eq!(first(&p, &[cand(0, 0), cand(100, 13)], 125), (0, Outcome::LoadOverride));
+        assert_eq!(first(&p, &[cand(0, 3), cand(0, 1)], 125), (1, Outcome::Miss));
+        assert_eq!(first(&p, &[cand(0, 3), cand(0, 1)], 0), (1, Outcome::LoadOnly));
     }
 
     #[test]
     fn balance_guard_passes_over_an_overloaded_pod_whatever_it_holds() {
-        let p = PrefixAware(PrefixParams {
-            load_weight: 0.0,
-            ..PARAMS
-        });
-        assert_eq!(
-            first(&p, &[cand(0, 0), cand(1000, 9)], 1000),
-            (0, Outcome::LoadOverride)
-        );
-        assert_eq!(
-            first(&p, &[cand(0, 0), cand(1000, 8)], 1000),
-            (1, Outcome::PrefixHit)
-        );
+        let p = PrefixAware(PrefixParams { load_weight: 0.0, ..PARAMS });
+        assert_eq!(first(&p, &[cand(0, 0), cand(1000, 9)], 1000), (0, Outcome::LoadOverride));
+        assert_eq!(first(&p, &[cand(0, 0), cand(1000, 8)], 1000), (1, Outcome::PrefixHit));
         // 29 is 9 more than 20 (over the absolute threshold) but within 1.5× of it: not guarded.
-        assert_eq!(
-            first(&p, &[cand(0, 20), cand(1000, 29)], 1000),
-            (1, Outcome::PrefixHit)
-        );
-        assert_eq!(
-            first(&p, &[cand(0, 20), cand(1000, 31)], 1000),
-            (0, Outcome::LoadOverride)
-        );
+        assert_eq!(first(&p, &[cand(0, 20), cand(1000, 29)], 1000), (1, Outcome::PrefixHit));
+        assert_eq!(first(&p, &[cand(0, 20), cand(1000, 31)], 1000), (0, Outcome::LoadOverride));
     }
 
     #[test]
     fn misses_spread_over_pods_with_smaller_index_footprint() {
         let p = PrefixAware(PARAMS);
         let c = [
-            Candidate {
-                matched_blocks: 0,
-                inflight: 0,
-                index_blocks: 50,
-            },
-            Candidate {
-                matched_blocks: 0,
-                inflight: 0,
-                index_blocks: 10,
-            },
+            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 50 },
+            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 10 },
         ];
         assert_eq!(first(&p, &c, 10).0, 1);
     }
@@ -280,9 +211,6 @@ mod tests {
         let seen: std::collections::HashSet<usize> = (0..3).map(|_| first(&rr, &c, 1).0).collect();
         assert_eq!(seen.len(), 3);
         assert_eq!(first(&LeastLoad, &c, 1).0, 1);
-        assert!(matches!(
-            Random.pick(&[], &RequestFacts { prompt_blocks: 1 }),
-            Pick::NoCandidates
-        ));
+        assert!(matches!(Random.pick(&[], &RequestFacts { prompt_blocks: 1 }), Pick::NoCandidates));
     }
 }

@@ -24,10 +24,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/prefix", post(prefix))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&sim),
-            stamp_id,
-        ))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&sim), stamp_id))
         .with_state(sim)
         .layer(axum::middleware::from_fn(log_request))
 }
@@ -40,11 +37,7 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
 }
 
 /// `x-sim-id` on every response names the pod that answered.
-async fn stamp_id(
-    State(sim): State<Arc<Sim>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn stamp_id(State(sim): State<Arc<Sim>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&sim.id) {
         res.headers_mut().insert("x-sim-id", v);
@@ -70,15 +63,9 @@ async fn tokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, 
         sim.chat_tokens(&obj, false)?
     } else {
         match obj.get("prompt") {
-            Some(Value::String(p)) => {
-                sim.text_tokens(p, opt_bool(&obj, "add_special_tokens", true)?)?
-            }
+            Some(Value::String(p)) => sim.text_tokens(p, opt_bool(&obj, "add_special_tokens", true)?)?,
             Some(_) => return Err(SimError::BadRequest("'prompt' must be a string".into())),
-            None => {
-                return Err(SimError::BadRequest(
-                    "either 'prompt' or 'messages' is required".into(),
-                ))
-            }
+            None => return Err(SimError::BadRequest("either 'prompt' or 'messages' is required".into())),
         }
     };
     let token_strs = if opt_bool(&obj, "return_token_strs", false)? {
@@ -86,7 +73,9 @@ async fn tokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, 
     } else {
         Value::Null
     };
-    let body = json!({"count": tokens.len(), "max_model_len": sim.max_model_len, "tokens": tokens, "token_strs": token_strs});
+    let body =
+        json!({"count": tokens.len(), "max_model_len": sim.max_model_len, "tokens": tokens, "token_strs": token_strs});
+    sim.metrics.tokenize_calls.inc();
     Ok(Json(body).into_response())
 }
 
@@ -100,9 +89,7 @@ async fn detokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Val
     };
     let vocab = sim.tokenizer.vocab_size();
     if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(SimError::BadRequest(format!(
-            "token id {bad} is out of vocabulary"
-        )));
+        return Err(SimError::BadRequest(format!("token id {bad} is out of vocabulary")));
     }
     let prompt = sim.tokenizer.decode(&tokens).map_err(SimError::Internal)?;
     Ok(Json(json!({ "prompt": prompt })))
@@ -130,13 +117,7 @@ async fn models(State(sim): State<Arc<Sim>>) -> Json<Value> {
 
 async fn metrics(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
     sim.metrics.kv_usage.set(sim.engine.usage());
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        sim.metrics.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], sim.metrics.render())
 }
 
 async fn get_faults(State(sim): State<Arc<Sim>>) -> Json<Faults> {
@@ -144,8 +125,8 @@ async fn get_faults(State(sim): State<Arc<Sim>>) -> Json<Faults> {
 }
 
 async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Faults>, SimError> {
-    let faults: Faults = serde_json::from_slice(&body)
-        .map_err(|e| SimError::BadRequest(format!("invalid faults: {e}")))?;
+    let faults: Faults =
+        serde_json::from_slice(&body).map_err(|e| SimError::BadRequest(format!("invalid faults: {e}")))?;
     faults.validate().map_err(SimError::BadRequest)?;
     sim.faults.set(faults.clone());
     tracing::info!(?faults, "faults changed");
@@ -156,11 +137,7 @@ async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Fau
 /// benchmark's oracle policy). Nothing is scheduled or touched.
 async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
     let obj = parse_object(&body)?;
-    let p = if obj.contains_key("messages") {
-        sim.chat_prompt(&obj)?
-    } else {
-        sim.completion_prompts(&obj)?
-    };
+    let p = if obj.contains_key("messages") { sim.chat_prompt(&obj)? } else { sim.completion_prompts(&obj)? };
     let seed = p.seed();
     let (mut prompt_tokens, mut cached_tokens) = (0, 0);
     for tokens in &p.prompts {
@@ -168,7 +145,5 @@ async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>,
         prompt_tokens += tokens.len();
         cached_tokens += sim.engine.cached_blocks(&hashes) * sim.block_size;
     }
-    Ok(Json(
-        json!({ "prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens }),
-    ))
+    Ok(Json(json!({ "prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens })))
 }

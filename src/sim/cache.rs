@@ -57,14 +57,7 @@ pub struct BlockPool {
 
 impl BlockPool {
     pub fn new(capacity: usize, block_size: usize) -> Self {
-        Self {
-            capacity,
-            block_size,
-            blocks: HashMap::new(),
-            free: BTreeMap::new(),
-            tick: 0,
-            anon: 0,
-        }
+        Self { capacity, block_size, blocks: HashMap::new(), free: BTreeMap::new(), tick: 0, anon: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -83,10 +76,7 @@ impl BlockPool {
 
     /// How many leading blocks of `hashes` the pool holds now.
     pub fn cached_blocks(&self, hashes: &[u64]) -> usize {
-        hashes
-            .iter()
-            .take_while(|h| self.blocks.contains_key(h))
-            .count()
+        hashes.iter().take_while(|h| self.blocks.contains_key(h)).count()
     }
 
     /// Blocks a request of `prompt_tokens` + `output_tokens` needs in all.
@@ -96,12 +86,7 @@ impl BlockPool {
 
     /// Admits a request if the pool can hold it, taking references on its cached prefix and
     /// evicting free blocks for the rest. `None` means it must wait for running requests to end.
-    pub fn admit(
-        &mut self,
-        hashes: &[u64],
-        prompt_tokens: usize,
-        output_tokens: usize,
-    ) -> Option<Allocation> {
+    pub fn admit(&mut self, hashes: &[u64], prompt_tokens: usize, output_tokens: usize) -> Option<Allocation> {
         let mut hit = self.cached_blocks(hashes);
         // vLLM always recomputes the last prompt token, so a fully cached prompt gives back a block.
         if hit > 0 && hit * self.block_size >= prompt_tokens {
@@ -109,10 +94,7 @@ impl BlockPool {
         }
         let total = self.blocks_for(prompt_tokens + output_tokens);
         let new_blocks = total - hit;
-        let reusable_free = hashes[..hit]
-            .iter()
-            .filter(|h| self.blocks.get(h).is_some_and(|b| b.refs == 0))
-            .count();
+        let reusable_free = hashes[..hit].iter().filter(|h| self.blocks.get(h).is_some_and(|b| b.refs == 0)).count();
         let in_pool = self.blocks.len() + self.anon;
         let evictable = self.free.len() - reusable_free;
         if in_pool + new_blocks > self.capacity + evictable {
@@ -155,13 +137,7 @@ impl BlockPool {
                     block.refs += 1;
                 }
                 None => {
-                    self.blocks.insert(
-                        h,
-                        Block {
-                            refs: 1,
-                            free_key: None,
-                        },
-                    );
+                    self.blocks.insert(h, Block { refs: 1, free_key: None });
                 }
             }
             alloc.hashed.push(h);
@@ -216,11 +192,7 @@ mod tests {
         assert_eq!(run(&mut pool, &prompt, 7), 0, "another seed shares nothing");
         let mut forked = prompt.clone();
         forked[40] = 9999;
-        assert_eq!(
-            run(&mut pool, &forked, 0),
-            32,
-            "blocks after a difference never match"
-        );
+        assert_eq!(run(&mut pool, &forked, 0), 32, "blocks after a difference never match");
     }
 
     #[test]
@@ -246,10 +218,7 @@ mod tests {
         let held = pool.admit(&ha, 128, 0).expect("fits");
         assert!((pool.usage() - 0.8).abs() < 1e-9);
         let b: Vec<u32> = (500..628).collect();
-        assert!(
-            pool.admit(&block_hashes(&b, 16, 0), 128, 0).is_none(),
-            "no room while a runs"
-        );
+        assert!(pool.admit(&block_hashes(&b, 16, 0), 128, 0).is_none(), "no room while a runs");
         pool.release(held);
         assert!(pool.admit(&block_hashes(&b, 16, 0), 128, 0).is_some());
     }

@@ -42,19 +42,8 @@ pub struct Running {
 
 impl Engine {
     pub fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
-        let state = State {
-            pool,
-            waiting: VecDeque::new(),
-            running: 0,
-            next_id: 0,
-        };
-        Self {
-            state: Mutex::new(state),
-            wake: Notify::new(),
-            prefill: tokio::sync::Mutex::new(()),
-            timing,
-            metrics,
-        }
+        let state = State { pool, waiting: VecDeque::new(), running: 0, next_id: 0 };
+        Self { state: Mutex::new(state), wake: Notify::new(), prefill: tokio::sync::Mutex::new(()), timing, metrics }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -76,12 +65,7 @@ impl Engine {
     }
 
     /// Waits for a slot and room in the pool (first come, first served), then runs prefill.
-    pub async fn start(
-        self: &Arc<Self>,
-        hashes: &[u64],
-        prompt_tokens: usize,
-        output_tokens: usize,
-    ) -> Running {
+    pub async fn start(self: &Arc<Self>, hashes: &[u64], prompt_tokens: usize, output_tokens: usize) -> Running {
         let arrived = Instant::now();
         let id = {
             let mut st = self.lock();
@@ -91,10 +75,7 @@ impl Engine {
             self.metrics.waiting.inc();
             id
         };
-        let mut queued = WaitingGuard {
-            engine: self.as_ref(),
-            id: Some(id),
-        };
+        let mut queued = WaitingGuard { engine: self.as_ref(), id: Some(id) };
         let alloc = loop {
             let notified = self.wake.notified();
             {
@@ -106,11 +87,7 @@ impl Engine {
                         queued.id = None;
                         self.metrics.waiting.dec();
                         self.metrics.running.inc();
-                        self.metrics.record_admission(
-                            prompt_tokens,
-                            alloc.cached_tokens,
-                            st.pool.usage(),
-                        );
+                        self.metrics.record_admission(prompt_tokens, alloc.cached_tokens, st.pool.usage());
                         break alloc;
                     }
                 }
@@ -120,15 +97,9 @@ impl Engine {
         // The next in line may fit too.
         self.wake.notify_waiters();
         let cached_tokens = alloc.cached_tokens;
-        let mut running = Running {
-            engine: Arc::clone(self),
-            alloc: Some(alloc),
-            cached_tokens,
-            prompt_tokens,
-        };
+        let mut running = Running { engine: Arc::clone(self), alloc: Some(alloc), cached_tokens, prompt_tokens };
         let uncached = prompt_tokens.saturating_sub(cached_tokens);
-        let prefill =
-            Duration::from_secs_f64(uncached as f64 * self.timing.prefill_us_per_token / 1e6);
+        let prefill = Duration::from_secs_f64(uncached as f64 * self.timing.prefill_us_per_token / 1e6);
         if !prefill.is_zero() {
             let _compute = self.prefill.lock().await;
             pause(prefill).await;

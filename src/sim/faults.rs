@@ -19,10 +19,7 @@ pub struct Faults {
 impl Faults {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.tokenize_error_rate) {
-            return Err(format!(
-                "tokenize_error_rate must be within 0..=1, got {}",
-                self.tokenize_error_rate
-            ));
+            return Err(format!("tokenize_error_rate must be within 0..=1, got {}", self.tokenize_error_rate));
         }
         Ok(())
     }

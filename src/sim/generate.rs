@@ -15,9 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-const WORDS: &[&str] = &[
-    " the", " cache", " holds", " every", " prefix", " of", " this", " prompt", " and", " more",
-];
+const WORDS: &[&str] = &[" the", " cache", " holds", " every", " prefix", " of", " this", " prompt", " and", " more"];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -31,10 +29,7 @@ pub async fn completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Res
     serve(sim, &obj, prompted, Kind::Completion, &body).await
 }
 
-pub async fn chat_completions(
-    State(sim): State<Arc<Sim>>,
-    body: Bytes,
-) -> Result<Response, SimError> {
+pub async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
     let obj = parse_object(&body)?;
     let prompted = sim.chat_prompt(&obj)?;
     serve(sim, &obj, prompted, Kind::Chat, &body).await
@@ -70,9 +65,7 @@ async fn serve(
             .as_u64()
             .filter(|n| *n >= 1)
             .map(|n| n as usize)
-            .ok_or_else(|| {
-                SimError::BadRequest(format!("'{limit_key}' must be a positive integer"))
-            })?,
+            .ok_or_else(|| SimError::BadRequest(format!("'{limit_key}' must be a positive integer")))?,
     };
     let capacity = sim.engine.capacity_tokens(sim.block_size);
     for tokens in &p.prompts {
@@ -87,56 +80,26 @@ async fn serve(
         }
     }
     let stream = opt_bool(obj, "stream", false)?;
-    let include_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let model = obj
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(&sim.served[0])
-        .to_owned();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let prefix = if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    };
+    let include_usage =
+        obj.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let model = obj.get("model").and_then(Value::as_str).unwrap_or(&sim.served[0]).to_owned();
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let id = format!("{prefix}-{:016x}", rand::random::<u64>());
     let seed = p.seed();
-    let job = Job {
-        sim: Arc::clone(&sim),
-        kind,
-        id,
-        model,
-        created,
-        max_tokens,
-        include_usage,
-        seed,
-        prompts: p.prompts,
-    };
+    let job =
+        Job { sim: Arc::clone(&sim), kind, id, model, created, max_tokens, include_usage, seed, prompts: p.prompts };
 
     if stream {
         // The task owns the running request; it ends (and frees it) when the client goes away.
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         tokio::spawn(job.stream(tx));
-        let body = Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>),
-        );
-        Ok(with_body_headers(
-            raw,
-            ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response(),
-        ))
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+        Ok(with_body_headers(raw, ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()))
     } else {
         // As vLLM: the whole completion, then the response. A client that leaves drops this future.
         let body = job.whole().await;
-        Ok(with_body_headers(
-            raw,
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        ))
+        Ok(with_body_headers(raw, ([(header::CONTENT_TYPE, "application/json")], body).into_response()))
     }
 }
 
@@ -146,10 +109,7 @@ fn with_body_headers(raw: &[u8], mut res: Response) -> Response {
     let h = res.headers_mut();
     let pairs = [
         ("x-sim-body-bytes", raw.len().to_string()),
-        (
-            "x-sim-body-xxh3",
-            format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw)),
-        ),
+        ("x-sim-body-xxh3", format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw))),
     ];
     for (name, value) in pairs {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -188,10 +148,7 @@ impl Job {
     async fn whole(self) -> Bytes {
         let running = self.start_all().await;
         super::engine::pause(self.sim.engine.decode_delay() * self.max_tokens as u32).await;
-        self.sim
-            .metrics
-            .generation_tokens
-            .inc_by((self.max_tokens * running.len()) as u64);
+        self.sim.metrics.generation_tokens.inc_by((self.max_tokens * running.len()) as u64);
         let choices: Vec<Value> = self
             .prompts
             .iter()
@@ -209,11 +166,7 @@ impl Job {
                 }
             })
             .collect();
-        let object = if self.kind == Kind::Chat {
-            "chat.completion"
-        } else {
-            "text_completion"
-        };
+        let object = if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
         let body = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
             "choices": choices, "usage": self.usage(&running)});
         drop(running);
@@ -221,11 +174,7 @@ impl Job {
     }
 
     fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
-        let object = if self.kind == Kind::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
+        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
         let mut body = json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
             "choices": choices});
         if let Some(u) = usage {
@@ -253,11 +202,7 @@ impl Job {
             if i > 0 {
                 super::engine::pause(self.sim.engine.decode_delay()).await;
             }
-            let finish = if i + 1 == self.max_tokens {
-                json!("length")
-            } else {
-                Value::Null
-            };
+            let finish = if i + 1 == self.max_tokens { json!("length") } else { Value::Null };
             let choices = self
                 .prompts
                 .iter()
@@ -276,17 +221,9 @@ impl Job {
             if tx.send(self.chunk(choices, None)).await.is_err() {
                 return;
             }
-            self.sim
-                .metrics
-                .generation_tokens
-                .inc_by(running.len() as u64);
+            self.sim.metrics.generation_tokens.inc_by(running.len() as u64);
         }
-        if self.include_usage
-            && tx
-                .send(self.chunk(json!([]), Some(self.usage(&running))))
-                .await
-                .is_err()
-        {
+        if self.include_usage && tx.send(self.chunk(json!([]), Some(self.usage(&running)))).await.is_err() {
             return;
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;

@@ -1,8 +1,6 @@
 //! The `vllm:` metrics a router or a benchmark reads, named and labelled as vLLM exports them.
 
-use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct SimMetrics {
     registry: Registry,
@@ -14,54 +12,39 @@ pub struct SimMetrics {
     pub prompt_tokens: IntCounter,
     pub generation_tokens: IntCounter,
     pub ttft: Histogram,
+    /// Not a vLLM series: `/tokenize` calls answered, so tests can see where tokenize traffic goes.
+    pub tokenize_calls: IntCounter,
 }
 
 impl SimMetrics {
-    pub fn new(
-        model: &str,
-        block_size: usize,
-        num_gpu_blocks: usize,
-    ) -> Result<Self, prometheus::Error> {
+    pub fn new(model: &str, block_size: usize, num_gpu_blocks: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model);
-        let running = IntGauge::with_opts(opts(
-            "vllm:num_requests_running",
-            "Requests running on the engine",
-        ))?;
-        let waiting = IntGauge::with_opts(opts(
-            "vllm:num_requests_waiting",
-            "Requests waiting to be scheduled",
-        ))?;
-        let kv_usage =
-            Gauge::with_opts(opts("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = 100%"))?;
-        let queries = IntCounter::with_opts(opts(
-            "vllm:prefix_cache_queries_total",
-            "Prefix cache queries, in tokens",
-        ))?;
-        let hits = IntCounter::with_opts(opts(
-            "vllm:prefix_cache_hits_total",
-            "Prefix cache hits, in tokens",
-        ))?;
-        let prompt_tokens =
-            IntCounter::with_opts(opts("vllm:prompt_tokens_total", "Prefill tokens processed"))?;
-        let generation_tokens =
-            IntCounter::with_opts(opts("vllm:generation_tokens_total", "Tokens generated"))?;
+        let running = IntGauge::with_opts(opts("vllm:num_requests_running", "Requests running on the engine"))?;
+        let waiting = IntGauge::with_opts(opts("vllm:num_requests_waiting", "Requests waiting to be scheduled"))?;
+        let kv_usage = Gauge::with_opts(opts("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = 100%"))?;
+        let queries =
+            IntCounter::with_opts(opts("vllm:prefix_cache_queries_total", "Prefix cache queries, in tokens"))?;
+        let hits = IntCounter::with_opts(opts("vllm:prefix_cache_hits_total", "Prefix cache hits, in tokens"))?;
+        let prompt_tokens = IntCounter::with_opts(opts("vllm:prompt_tokens_total", "Prefill tokens processed"))?;
+        let generation_tokens = IntCounter::with_opts(opts("vllm:generation_tokens_total", "Tokens generated"))?;
         let ttft = Histogram::with_opts(
             HistogramOpts::new("vllm:time_to_first_token_seconds", "Time to first token")
                 .const_label("model_name", model)
                 .buckets(vec![
-                    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                    5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+                    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                    40.0, 80.0,
                 ]),
         )?;
+        let tokenize_calls = IntCounter::with_opts(
+            Opts::new("vllm_sim_tokenize_requests_total", "/tokenize calls answered (vllm-sim only)")
+                .const_label("model_name", model),
+        )?;
         let info = Gauge::with_opts(
-            opts(
-                "vllm:cache_config_info",
-                "Information of the KV cache config",
-            )
-            .const_label("block_size", block_size.to_string())
-            .const_label("num_gpu_blocks", num_gpu_blocks.to_string())
-            .const_label("enable_prefix_caching", "True"),
+            opts("vllm:cache_config_info", "Information of the KV cache config")
+                .const_label("block_size", block_size.to_string())
+                .const_label("num_gpu_blocks", num_gpu_blocks.to_string())
+                .const_label("enable_prefix_caching", "True"),
         )?;
         info.set(1.0);
         for c in [
@@ -74,6 +57,7 @@ impl SimMetrics {
             Box::new(generation_tokens.clone()),
             Box::new(ttft.clone()),
             Box::new(info),
+            Box::new(tokenize_calls.clone()),
         ] {
             registry.register(c)?;
         }
@@ -87,6 +71,7 @@ impl SimMetrics {
             prompt_tokens,
             generation_tokens,
             ttft,
+            tokenize_calls,
         })
     }
 

@@ -18,10 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "vllm-sim",
-    about = "A vLLM stand-in: real tokenizer, modelled prefix cache and latency"
-)]
+#[command(name = "vllm-sim", about = "A vLLM stand-in: real tokenizer, modelled prefix cache and latency")]
 pub struct Args {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
@@ -86,10 +83,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("server: {0}")]
@@ -114,10 +108,7 @@ pub(crate) struct Sim {
 
 impl Sim {
     /// Resolves the requested model: `None` for the base model, `Some(name)` for a LoRA adapter.
-    pub fn resolve_model(
-        &self,
-        requested: Option<&str>,
-    ) -> Result<Option<String>, error::SimError> {
+    pub fn resolve_model(&self, requested: Option<&str>) -> Result<Option<String>, error::SimError> {
         match requested {
             None => Ok(None),
             Some(m) if self.served.iter().any(|s| s == m) => Ok(None),
@@ -140,33 +131,17 @@ pub async fn run(
     };
     faults.validate().map_err(StartError::Config)?;
     if args.block_size == 0 || args.num_gpu_blocks == 0 || args.max_num_seqs == 0 {
-        return Err(StartError::Config(
-            "--block-size, --num-gpu-blocks and --max-num-seqs must be > 0".into(),
-        ));
+        return Err(StartError::Config("--block-size, --num-gpu-blocks and --max-num-seqs must be > 0".into()));
     }
-    let tokenizer_dir = args
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&args.model));
+    let tokenizer_dir = args.tokenizer.clone().unwrap_or_else(|| PathBuf::from(&args.model));
     let tokenizer = HfTokenizer::from_dir(&tokenizer_dir)?;
-    let served = if args.served_model_names.is_empty() {
-        vec![args.model.clone()]
-    } else {
-        args.served_model_names.clone()
-    };
+    let served =
+        if args.served_model_names.is_empty() { vec![args.model.clone()] } else { args.served_model_names.clone() };
     let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
-    let metrics = Arc::new(metrics::SimMetrics::new(
-        &served[0],
-        args.block_size,
-        args.num_gpu_blocks,
-    )?);
+    let metrics = Arc::new(metrics::SimMetrics::new(&served[0], args.block_size, args.num_gpu_blocks)?);
     let timing = engine::Timing {
         prefill_us_per_token: args.prefill_us_per_token,
         decode_ms_per_token: args.decode_ms_per_token,
@@ -185,9 +160,7 @@ pub async fn run(
         engine: Arc::new(engine::Engine::new(pool, timing, Arc::clone(&metrics))),
         metrics,
         faults: faults::FaultSwitch::new(faults),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
     // Tests and scripts read the bound address from this line.
     println!("vllm-sim listening on http://{bound}");
@@ -195,8 +168,5 @@ pub async fn run(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, api::router(sim))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)
+    axum::serve(listener, api::router(sim)).with_graceful_shutdown(shutdown).await.map_err(StartError::Serve)
 }

@@ -14,65 +14,42 @@ pub struct LocalTokenizer {
 
 impl LocalTokenizer {
     pub fn new(bytes_per_token: usize) -> Self {
-        Self {
-            bytes_per_token: bytes_per_token.max(1),
-        }
+        Self { bytes_per_token: bytes_per_token.max(1) }
     }
 
     /// Never fails: a request the configured tokenizer cannot handle is approximated.
     pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Tokens {
         match &req.kind {
-            Kind::Completion(Prompt::Ids(ids)) => Tokens {
-                ids: ids.clone(),
-                space: TokenSpace::Engine,
-            },
-            Kind::Completion(Prompt::IdLists(lists)) => Tokens {
-                ids: lists.first().cloned().unwrap_or_default(),
-                space: TokenSpace::Engine,
-            },
-            Kind::Completion(Prompt::Text(text)) => self.text(model, text),
-            Kind::Completion(Prompt::Texts(texts)) => {
-                self.text(model, texts.first().map_or("", String::as_str))
+            Kind::Completion(Prompt::Ids(ids)) => Tokens { ids: ids.clone(), space: TokenSpace::Engine },
+            Kind::Completion(Prompt::IdLists(lists)) => {
+                Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine }
             }
+            Kind::Completion(Prompt::Text(text)) => self.text(model, text),
+            Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
             Kind::Chat(chat) => {
                 if let Some(tok) = &model.tokenizer {
                     if let Ok(ids) = tok.encode_chat(chat, false) {
-                        return Tokens {
-                            ids,
-                            space: TokenSpace::Local(tok.fingerprint()),
-                        };
+                        return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
                     }
                 }
                 self.approx(&chat_bytes(chat))
             }
-            Kind::Other => Tokens {
-                ids: Vec::new(),
-                space: TokenSpace::Approx,
-            },
+            Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
         }
     }
 
     fn text(&self, model: &Model, text: &str) -> Tokens {
         if let Some(tok) = &model.tokenizer {
             if let Ok(ids) = tok.encode(text, true) {
-                return Tokens {
-                    ids,
-                    space: TokenSpace::Local(tok.fingerprint()),
-                };
+                return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
             }
         }
         self.approx(text.as_bytes())
     }
 
     fn approx(&self, bytes: &[u8]) -> Tokens {
-        let ids = bytes
-            .chunks(self.bytes_per_token)
-            .map(|c| xxhash_rust::xxh3::xxh3_64(c) as u32)
-            .collect();
-        Tokens {
-            ids,
-            space: TokenSpace::Approx,
-        }
+        let ids = bytes.chunks(self.bytes_per_token).map(|c| xxhash_rust::xxh3::xxh3_64(c) as u32).collect();
+        Tokens { ids, space: TokenSpace::Approx }
     }
 }
 
@@ -110,11 +87,7 @@ fn text_bytes(req: &InferenceRequest) -> usize {
     match &req.kind {
         Kind::Completion(Prompt::Text(t)) => t.len(),
         Kind::Completion(Prompt::Texts(t)) => t.first().map_or(0, String::len),
-        Kind::Chat(c) => c
-            .messages
-            .iter()
-            .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
-            .sum(),
+        Kind::Chat(c) => c.messages.iter().map(|m| m.get("content").map_or(0, |c| c.to_string().len())).sum(),
         _ => 0,
     }
 }
@@ -144,24 +117,14 @@ mod tests {
     use serde_json::json;
 
     fn model(tokenizer: bool) -> Model {
-        let tokenizer = tokenizer.then(|| {
-            Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture"))
-        });
-        Model {
-            name: "m".into(),
-            endpoints: vec![],
-            tokenizer,
-        }
+        let tokenizer =
+            tokenizer.then(|| Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture")));
+        Model { name: "m".into(), endpoints: vec![], tokenizer }
     }
 
     fn chat(messages: serde_json::Value) -> InferenceRequest {
-        parse(
-            Endpoint::ChatCompletions,
-            json!({"model": "m", "messages": messages})
-                .to_string()
-                .as_bytes(),
-        )
-        .expect("parses")
+        parse(Endpoint::ChatCompletions, json!({"model": "m", "messages": messages}).to_string().as_bytes())
+            .expect("parses")
     }
 
     #[test]
@@ -177,11 +140,7 @@ mod tests {
             let b = local.tokenize_now(&m, &chat(turn2.clone()));
             // Turn 1 ends with the generation prompt (3 tokens), or a partial byte chunk.
             let shared = a.ids.len() - if with_tokenizer { 3 } else { 1 };
-            assert_eq!(
-                a.ids[..shared],
-                b.ids[..shared],
-                "tokenizer: {with_tokenizer}"
-            );
+            assert_eq!(a.ids[..shared], b.ids[..shared], "tokenizer: {with_tokenizer}");
             assert_eq!(a.space, b.space);
         }
     }
@@ -190,29 +149,12 @@ mod tests {
     fn token_id_prompts_are_engine_tokens_and_text_uses_the_tokenizer() {
         let m = model(true);
         let local = LocalTokenizer::new(4);
-        let ids = parse(
-            Endpoint::Completions,
-            br#"{"model":"m","prompt":[9707,1879]}"#,
-        )
-        .expect("parses");
-        assert_eq!(
-            local.tokenize_now(&m, &ids),
-            Tokens {
-                ids: vec![9707, 1879],
-                space: TokenSpace::Engine
-            }
-        );
-        let text = parse(
-            Endpoint::Completions,
-            br#"{"model":"m","prompt":"Hello world"}"#,
-        )
-        .expect("parses");
+        let ids = parse(Endpoint::Completions, br#"{"model":"m","prompt":[9707,1879]}"#).expect("parses");
+        assert_eq!(local.tokenize_now(&m, &ids), Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine });
+        let text = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");
         let t = local.tokenize_now(&m, &text);
         assert_eq!(t.ids, vec![9707, 1879]);
         assert!(matches!(t.space, TokenSpace::Local(_)));
-        assert_eq!(
-            local.tokenize_now(&model(false), &text).space,
-            TokenSpace::Approx
-        );
+        assert_eq!(local.tokenize_now(&model(false), &text).space, TokenSpace::Approx);
     }
 }

@@ -1,9 +1,14 @@
 //! Request → token ids. Local today (a configured HF tokenizer with its chat template, or a byte
 //! approximation); the remote vLLM `/tokenize` pool plugs in behind the same trait.
 
+mod cache;
 mod local;
+pub mod pool;
+pub mod remote;
 
+pub use cache::TokenCache;
 pub use local::LocalTokenizer;
+pub use pool::{PoolConfig, TokenizerPool};
 
 use crate::discovery::Model;
 use crate::openai::InferenceRequest;
@@ -61,4 +66,79 @@ pub trait Tokenize: Send + Sync {
         model: &'a Arc<Model>,
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>>;
+}
+
+/// The router's tokenization: the cache, then the model's vLLM pods (when enabled), then the
+/// local tokenizer. Remote trouble never fails a request: it falls back, counted by cause and
+/// logged once per cause.
+pub struct Tokenization {
+    local: LocalTokenizer,
+    remote: Option<Arc<TokenizerPool>>,
+    cache: TokenCache,
+    metrics: Arc<crate::metrics::Metrics>,
+    logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+}
+
+impl Tokenization {
+    pub fn new(
+        local: LocalTokenizer,
+        remote: Option<Arc<TokenizerPool>>,
+        cache: TokenCache,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self { local, remote, cache, metrics, logged: Default::default() }
+    }
+
+    fn cached(&self, key: u128) -> Option<Tokens> {
+        let hit = self.cache.get(key);
+        let label = if hit.is_some() { "hit" } else { "miss" };
+        self.metrics.tokenize_cache.with_label_values(&[label]).inc();
+        hit.map(|(space, ids)| Tokens { ids: ids.to_vec(), space })
+    }
+
+    fn fall_back(&self, cause: &'static str) {
+        self.metrics.tokenize_fallbacks.with_label_values(&[cause]).inc();
+        let first = self.logged.lock().unwrap_or_else(|p| p.into_inner()).insert(cause);
+        if first {
+            tracing::warn!(cause, "remote tokenization failed; tokenizing locally (logged once per cause)");
+        }
+    }
+
+    async fn tokenize_inner(&self, model: &Arc<Model>, req: &InferenceRequest) -> Result<Tokens, TokenizeError> {
+        let Some(body) = remote::tokenize_body(req) else {
+            // Token ids or nothing to tokenize: no call, no cache.
+            return self.local.tokenize(model, req).await;
+        };
+        let body = body.to_string().into_bytes();
+        if let Some(pool) = &self.remote {
+            let key = TokenCache::key("engine", &model.name, &body);
+            if let Some(tokens) = self.cached(key) {
+                return Ok(tokens);
+            }
+            match pool.tokenize(model, &body).await {
+                Ok(ids) => {
+                    self.cache.insert(key, (TokenSpace::Engine, Arc::from(ids.as_slice())));
+                    return Ok(Tokens { ids, space: TokenSpace::Engine });
+                }
+                Err(failure) => self.fall_back(failure.label()),
+            }
+        }
+        let key = TokenCache::key("local", &model.name, &body);
+        if let Some(tokens) = self.cached(key) {
+            return Ok(tokens);
+        }
+        let tokens = self.local.tokenize(model, req).await?;
+        self.cache.insert(key, (tokens.space, Arc::from(tokens.ids.as_slice())));
+        Ok(tokens)
+    }
+}
+
+impl Tokenize for Tokenization {
+    fn tokenize<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
+        Box::pin(self.tokenize_inner(model, req))
+    }
 }

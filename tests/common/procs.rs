@@ -38,20 +38,15 @@ pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .rsplit_once("http://")
-                .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
-            {
+            if let Some(addr) = line.rsplit_once("http://").and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok()) {
                 let _ = tx.send((addr, line.clone()));
             }
         }
     });
-    let (addr, line) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("{bin} did not report its address")
-        });
+    let (addr, line) = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("{bin} did not report its address")
+    });
     Proc { child, addr, line }
 }
 
