@@ -158,21 +158,38 @@ pub struct StateSample {
     pub tokenizer_endpoints: Vec<(String, &'static str, u64)>,
 }
 
-fn gauges() -> Result<(IntGaugeVec, IntGaugeVec, IntGaugeVec), prometheus::Error> {
-    Ok((
-        IntGaugeVec::new(
-            Opts::new("prefix_router_inflight_requests", "Routed requests not yet finished"),
-            &["model", "pod"],
+struct Gauges {
+    inflight: IntGaugeVec,
+    endpoints: IntGaugeVec,
+    index: IntGaugeVec,
+    tok_models: IntGaugeVec,
+    tok_endpoints: IntGaugeVec,
+}
+
+fn gauges() -> Result<Gauges, prometheus::Error> {
+    let vec = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
+    Ok(Gauges {
+        inflight: vec("prefix_router_inflight_requests", "Routed requests not yet finished", &["model", "pod"])?,
+        endpoints: vec("prefix_router_endpoints", "Ready endpoints per model", &["model"])?,
+        index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "pod"])?,
+        tok_models: vec("prefix_router_tokenizer_pool_models", "Models with a remote tokenizer entry", &[])?,
+        tok_endpoints: vec(
+            "prefix_router_tokenizer_endpoints",
+            "Remote tokenizer endpoints per model, by state",
+            &["model", "state"],
         )?,
-        IntGaugeVec::new(Opts::new("prefix_router_endpoints", "Ready endpoints per model"), &["model"])?,
-        IntGaugeVec::new(Opts::new("prefix_router_index_blocks", "Prefix-index blocks per pod"), &["model", "pod"])?,
-    ))
+    })
 }
 
 impl<F: Fn() -> StateSample + Send + Sync> StateCollector<F> {
     pub fn new(sample: F) -> Result<Self, prometheus::Error> {
-        let (a, b, c) = gauges()?;
-        let descs = [a.desc(), b.desc(), c.desc()].into_iter().flatten().cloned().collect();
+        let g = gauges()?;
+        let descs =
+            [g.inflight.desc(), g.endpoints.desc(), g.index.desc(), g.tok_models.desc(), g.tok_endpoints.desc()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
         Ok(Self { descs, sample })
     }
 }
@@ -183,20 +200,27 @@ impl<F: Fn() -> StateSample + Send + Sync> Collector for StateCollector<F> {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Ok((inflight, endpoints, index)) = gauges() else {
-            return Vec::new();
-        };
+        let Ok(g) = gauges() else { return Vec::new() };
         let s = (self.sample)();
         for (model, pod, n) in &s.inflight {
-            inflight.with_label_values(&[model, pod]).set(*n as i64);
+            g.inflight.with_label_values(&[model, pod]).set(*n as i64);
         }
         for (model, n) in &s.endpoints {
-            endpoints.with_label_values(&[model]).set(*n as i64);
+            g.endpoints.with_label_values(&[model]).set(*n as i64);
         }
         for (model, pod, n) in &s.index_blocks {
-            index.with_label_values(&[model, pod]).set(*n as i64);
+            g.index.with_label_values(&[model, pod]).set(*n as i64);
         }
-        [inflight.collect(), endpoints.collect(), index.collect()].concat()
+        let mut out = [g.inflight.collect(), g.endpoints.collect(), g.index.collect()].concat();
+        if let Some(n) = s.tokenizer_models {
+            g.tok_models.with_label_values::<&str>(&[]).set(n as i64);
+            for (model, state, n) in &s.tokenizer_endpoints {
+                g.tok_endpoints.with_label_values(&[model.as_str(), state]).set(*n as i64);
+            }
+            out.extend(g.tok_models.collect());
+            out.extend(g.tok_endpoints.collect());
+        }
+        out
     }
 }
 

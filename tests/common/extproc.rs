@@ -75,3 +75,22 @@ pub fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
         _ => None,
     }
 }
+
+pub type Client = ExternalProcessorClient<tonic::transport::Channel>;
+
+pub async fn connect(grpc: std::net::SocketAddr) -> Client {
+    ExternalProcessorClient::connect(format!("http://{grpc}")).await.expect("connect")
+}
+
+/// One FULL_DUPLEX decision: headers + whole body, timed until the first answer (the decision).
+pub async fn decide(client: &Client, path: &str, body_bytes: &[u8]) -> (Duration, ProcessingResponse) {
+    let mut client = client.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(headers(path, false, BodySendMode::FullDuplexStreamed, &[])).await.expect("send");
+    tx.send(body(body_bytes, true)).await.expect("send");
+    let started = std::time::Instant::now();
+    let mut inbound =
+        client.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    let first = inbound.message().await.expect("answer").expect("a response");
+    (started.elapsed(), first)
+}

@@ -51,9 +51,15 @@ pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
 }
 
 pub fn sim(extra: &[&str]) -> Proc {
+    sim_at(0, extra)
+}
+
+/// A sim on a given port (0 = any), e.g. to bring a killed pod back on its address.
+pub fn sim_at(port: u16, extra: &[&str]) -> Proc {
     let tok = super::fixture_dir();
     let tok = tok.to_str().expect("utf-8 path");
-    let mut args = vec!["--port", "0", "--model", "tiny-chat", "--tokenizer", tok];
+    let port = port.to_string();
+    let mut args = vec!["--port", port.as_str(), "--model", "tiny-chat", "--tokenizer", tok];
     args.extend_from_slice(extra);
     spawn_listening(env!("CARGO_BIN_EXE_vllm-sim"), &args)
 }
