@@ -92,7 +92,19 @@ pub struct Config {
 
     /// YAML file of models and endpoints (the embedded default discovery).
     #[arg(long, env = "PREFIX_ROUTER_ENDPOINTS_FILE")]
-    pub endpoints_file: PathBuf,
+    pub endpoints_file: Option<PathBuf>,
+    /// Discover pods from the Kubernetes API instead (in-cluster config, else kubeconfig).
+    #[arg(long, env = "PREFIX_ROUTER_KUBERNETES", default_value = "false", action = clap::ArgAction::Set)]
+    pub kubernetes: bool,
+    /// Namespace to watch (default: the service account's, or the kubeconfig context's).
+    #[arg(long, env = "PREFIX_ROUTER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Watch pods in every namespace (needs a ClusterRole).
+    #[arg(long, env = "PREFIX_ROUTER_ALL_NAMESPACES", default_value = "false", action = clap::ArgAction::Set)]
+    pub all_namespaces: bool,
+    /// Label selector for model pods, applied by the API server.
+    #[arg(long, env = "PREFIX_ROUTER_POD_SELECTOR", default_value = "model.aibrix.ai/name")]
+    pub pod_selector: String,
     /// How often the endpoints file is checked for changes.
     #[arg(long, env = "PREFIX_ROUTER_ENDPOINTS_POLL", default_value = "1s", value_parser = duration)]
     pub endpoints_poll: Duration,
@@ -195,6 +207,26 @@ impl Config {
                 "--destination-header (PREFIX_ROUTER_DESTINATION_HEADER) must be a lower-case HTTP header name",
             ),
         ];
+        match (&self.endpoints_file, self.kubernetes) {
+            (Some(_), true) => {
+                return Err(
+                    "--endpoints-file (PREFIX_ROUTER_ENDPOINTS_FILE) and --kubernetes (PREFIX_ROUTER_KUBERNETES) \
+                            are two discovery sources: choose one"
+                        .into(),
+                )
+            }
+            (None, false) => {
+                return Err(
+                    "no discovery source: give --endpoints-file (PREFIX_ROUTER_ENDPOINTS_FILE) or --kubernetes \
+                            (PREFIX_ROUTER_KUBERNETES=true)"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.all_namespaces && self.namespace.is_some() {
+            return Err("--namespace and --all-namespaces contradict each other".into());
+        }
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err((*msg).to_owned()),
             None => Ok(()),

@@ -2,6 +2,7 @@
 //! health, admin HTTP). Every background task is owned here and stops on shutdown.
 
 use crate::config::Config;
+use crate::discovery::kubernetes::KubeSource;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{DiscoveryError, Registry};
 use crate::extproc::{Context, ExtProc};
@@ -28,6 +29,8 @@ pub enum StartError {
     Config(String),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error("Kubernetes: {0}")]
+    Kube(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics: {0}")]
@@ -58,8 +61,14 @@ pub async fn run(
     cfg.validate().map_err(StartError::Config)?;
     let metrics = Arc::new(Metrics::new()?);
     let registry = Arc::new(Registry::new());
-    let mut file = StaticFile::new(cfg.endpoints_file.clone());
-    file.load_into(&registry)?;
+    let source = match &cfg.endpoints_file {
+        Some(path) => {
+            let mut file = StaticFile::new(path.clone());
+            file.load_into(&registry)?;
+            Source::File(file)
+        }
+        None => Source::Kube(kube_source(&cfg).await?),
+    };
 
     let pool = if cfg.enable_vllm_remote_tokenizer {
         let pool_cfg = PoolConfig {
@@ -107,7 +116,10 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     // Readiness follows discovery's first full sync.
     tasks.spawn(follow_readiness(reporter.clone(), Arc::clone(&registry), stop_rx.clone()));
-    tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone()));
+    match source {
+        Source::File(file) => tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone())),
+        Source::Kube(kube) => tasks.spawn(kube.watch(Arc::clone(&registry), stop_rx.clone())),
+    };
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
     if let Some(pool) = pool {
         // Health probes and TTL expiry, off the request path.
@@ -157,6 +169,25 @@ pub async fn run(
     g?;
     h?;
     a.map_err(StartError::Admin)
+}
+
+enum Source {
+    File(StaticFile),
+    Kube(KubeSource),
+}
+
+/// In-cluster config inside a pod, kubeconfig outside; the namespace from the flag, else the
+/// service account's or the kubeconfig context's.
+async fn kube_source(cfg: &Config) -> Result<KubeSource, StartError> {
+    let client = kube::Client::try_default().await.map_err(|e| StartError::Kube(e.to_string()))?;
+    let api = if cfg.all_namespaces {
+        kube::Api::all(client)
+    } else {
+        let ns = cfg.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+        tracing::info!(namespace = %ns, selector = %cfg.pod_selector, "watching pods");
+        kube::Api::namespaced(client, &ns)
+    };
+    Ok(KubeSource { api, selector: cfg.pod_selector.clone() })
 }
 
 /// Accepted sockets with Nagle off: small gRPC frames otherwise wait on the peer's delayed ACK

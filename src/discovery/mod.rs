@@ -2,6 +2,7 @@
 //! publish the whole desired state; the registry keeps each pod's identity (and so its in-flight
 //! counter and index id) across publications and hands readers an immutable snapshot.
 
+pub mod kubernetes;
 pub mod static_file;
 
 use crate::hf::HfTokenizer;

@@ -31,7 +31,7 @@ impl Reject {
             }
             Reject::Parse(ParseError::Invalid(_)) => (400, "invalid_request_error", "invalid_request"),
             Reject::Route(RouteError::UnknownModel(_)) => (404, "invalid_request_error", "model_not_found"),
-            Reject::Route(RouteError::NoReadyEndpoint(_) | RouteError::NoEndpoints) => {
+            Reject::Route(RouteError::NoReadyEndpoint(_) | RouteError::NoEndpoints | RouteError::NotSynced) => {
                 (503, "service_unavailable", "no_ready_endpoint")
             }
             Reject::Route(RouteError::Overloaded(_)) => (429, "rate_limit_exceeded", "overloaded"),

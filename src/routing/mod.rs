@@ -24,6 +24,8 @@ pub enum RouteError {
     NoReadyEndpoint(String),
     #[error("No ready endpoint is available.")]
     NoEndpoints,
+    #[error("The router has not finished discovering endpoints yet; retry shortly.")]
+    NotSynced,
     #[error("Every endpoint of the model `{0}` is at its in-flight limit; retry later.")]
     Overloaded(String),
 }
@@ -105,6 +107,9 @@ impl Router {
     /// Routes a parsed request within its model.
     pub async fn route(&self, req: &InferenceRequest) -> Result<Decision, RouteError> {
         let started = Instant::now();
+        if !self.registry.is_synced() {
+            return Err(RouteError::NotSynced);
+        }
         let snapshot = self.registry.snapshot();
         let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
         if model.endpoints.is_empty() {
@@ -179,6 +184,9 @@ impl Router {
     /// Routes a request that names no model (no body, or a body without one) to any ready pod,
     /// on load alone.
     pub fn route_anywhere(&self) -> Result<Decision, RouteError> {
+        if !self.registry.is_synced() {
+            return Err(RouteError::NotSynced);
+        }
         let snapshot = self.registry.snapshot();
         let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().collect();
         let facts: Vec<Candidate> =

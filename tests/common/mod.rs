@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod extproc;
+pub mod kube_api;
 pub mod procs;
 
 use std::path::PathBuf;

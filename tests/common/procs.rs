@@ -28,8 +28,14 @@ impl Drop for Proc {
 
 /// Starts a binary that prints `... listening on http://ADDR` on stdout once it serves.
 pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
+    spawn_listening_env(bin, args, &[])
+}
+
+/// As `spawn_listening`, with extra environment variables.
+pub fn spawn_listening_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,203 @@
+//! Pods from the Kubernetes API through a watcher (list + watch, relist on 410 Gone, backoff on
+//! errors). Pods are keyed by UID; a pod is routable when it has an IP, is not terminating and is
+//! `Ready=True`. Pods that match the selector but are not routable keep their model known, so its
+//! requests get 503 (no ready pod) rather than 404. While the API server is away nothing is
+//! published and routing continues on the last known pods.
+
+use super::{EndpointSpec, Engine, ModelSpec, Registry};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub const MODEL_KEY: &str = "model.aibrix.ai/name";
+pub const PORT_KEY: &str = "model.aibrix.ai/port";
+pub const ENGINE_KEY: &str = "model.aibrix.ai/engine";
+const DEFAULT_PORT: u16 = 8000;
+
+/// What one pod contributes: its model, and an endpoint if it is routable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    pub model: String,
+    pub endpoint: Option<EndpointSpec>,
+}
+
+fn label_or_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    let meta = &pod.metadata;
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(key)))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// `None` for a pod that names no model (or has no UID).
+pub fn view(pod: &Pod) -> Option<PodView> {
+    let model = label_or_annotation(pod, MODEL_KEY)?.to_owned();
+    let uid = pod.metadata.uid.as_deref()?;
+    let port = label_or_annotation(pod, PORT_KEY).and_then(|p| p.parse::<u16>().ok()).unwrap_or(DEFAULT_PORT);
+    let engine = label_or_annotation(pod, ENGINE_KEY).map_or(Engine::Other, Engine::parse);
+    let status = pod.status.as_ref();
+    let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let endpoint = match ip {
+        Some(ip) if ready && !terminating => {
+            Some(EndpointSpec { key: uid.to_owned(), addr: SocketAddr::new(ip, port), engine })
+        }
+        _ => None,
+    };
+    Some(PodView { model, endpoint })
+}
+
+/// The desired state from pods by UID: every model seen, with its routable endpoints.
+pub fn specs(pods: &HashMap<String, PodView>) -> Vec<ModelSpec> {
+    let mut models: BTreeMap<&str, Vec<EndpointSpec>> = BTreeMap::new();
+    for v in pods.values() {
+        let eps = models.entry(v.model.as_str()).or_default();
+        if let Some(e) = &v.endpoint {
+            eps.push(e.clone());
+        }
+    }
+    models
+        .into_iter()
+        .map(|(name, mut endpoints)| {
+            endpoints.sort_by(|a, b| a.key.cmp(&b.key));
+            ModelSpec { name: name.to_owned(), tokenizer: None, endpoints }
+        })
+        .collect()
+}
+
+pub struct KubeSource {
+    pub api: kube::Api<Pod>,
+    pub selector: String,
+}
+
+impl KubeSource {
+    /// Follows the API server until `stop` fires. Events that arrive together are applied as
+    /// one publication.
+    pub async fn watch(self, registry: Arc<Registry>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let cfg = watcher::Config::default().labels(&self.selector);
+        let mut events =
+            std::pin::pin!(watcher::watcher(self.api, cfg).backoff(Reconnect::default()).ready_chunks(4096));
+        let mut pods: HashMap<String, PodView> = HashMap::new();
+        let mut listing: Option<HashMap<String, PodView>> = None;
+        let mut synced = false;
+        let mut failing = false;
+        loop {
+            let batch = tokio::select! {
+                b = events.next() => match b { Some(b) => b, None => return },
+                _ = stop.changed() => return,
+            };
+            let mut changed = false;
+            for event in batch {
+                match event {
+                    Ok(Event::Init) => listing = Some(HashMap::new()),
+                    Ok(Event::InitApply(pod)) => {
+                        if let (Some(list), Some(uid), Some(v)) =
+                            (listing.as_mut(), pod.metadata.uid.clone(), view(&pod))
+                        {
+                            list.insert(uid, v);
+                        }
+                    }
+                    Ok(Event::InitDone) => {
+                        // A full (re)list replaces everything: changes made while we were away land here.
+                        pods = listing.take().unwrap_or_default();
+                        changed = true;
+                        synced = true;
+                    }
+                    Ok(Event::Apply(pod)) => {
+                        let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        match view(&pod) {
+                            Some(v) => changed |= pods.insert(uid, v.clone()).as_ref() != Some(&v),
+                            None => changed |= pods.remove(&uid).is_some(),
+                        }
+                    }
+                    Ok(Event::Delete(pod)) => {
+                        if let Some(uid) = pod.metadata.uid.as_deref() {
+                            changed |= pods.remove(uid).is_some();
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "pod watch failing; routing on the last known pods");
+                            failing = true;
+                        }
+                        continue;
+                    }
+                }
+                if failing {
+                    tracing::info!("pod watch recovered");
+                    failing = false;
+                }
+            }
+            if changed && synced {
+                registry.publish(specs(&pods));
+            }
+        }
+    }
+}
+
+/// Retry delays after watch errors: 250 ms doubling to 3 s, so a returning API server is seen
+/// within seconds (kube's default climbs to 30 s).
+#[derive(Debug, Default)]
+struct Reconnect(u32);
+
+impl Iterator for Reconnect {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let ms = (250u64 << self.0.min(4)).min(3000);
+        self.0 = self.0.saturating_add(1);
+        Some(std::time::Duration::from_millis(ms))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Reconnect {
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("pod")
+    }
+
+    #[test]
+    fn routable_means_ip_ready_and_not_terminating() {
+        let base = serde_json::json!({
+            "metadata": {"name": "p", "uid": "u1", "labels": {MODEL_KEY: "m", ENGINE_KEY: "vllm"},
+                         "annotations": {PORT_KEY: "8080"}},
+            "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        let v = view(&pod(base.clone())).expect("a model pod");
+        assert_eq!(
+            v.endpoint.as_ref().map(|e| (e.addr.to_string(), e.engine)),
+            Some(("10.0.0.7:8080".into(), Engine::Vllm))
+        );
+
+        let mut unready = base.clone();
+        unready["status"]["conditions"][0]["status"] = "False".into();
+        let mut terminating = base.clone();
+        terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        let mut no_ip = base.clone();
+        no_ip["status"]["podIP"] = serde_json::Value::Null;
+        for p in [unready, terminating, no_ip] {
+            let v = view(&pod(p)).expect("still a model pod");
+            assert_eq!((v.model.as_str(), v.endpoint), ("m", None));
+        }
+        let mut other = base;
+        other["metadata"]["labels"] = serde_json::json!({"app": "x"});
+        other["metadata"]["annotations"] = serde_json::json!({});
+        assert!(view(&pod(other)).is_none());
+    }
+}
