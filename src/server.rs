@@ -67,7 +67,7 @@ pub async fn run(
             file.load_into(&registry)?;
             Source::File(file)
         }
-        None => Source::Kube(kube_source(&cfg).await?),
+        None => Source::Kube(Box::new(kube_source(&cfg).await?)),
     };
 
     let pool = if cfg.enable_vllm_remote_tokenizer {
@@ -173,7 +173,7 @@ pub async fn run(
 
 enum Source {
     File(StaticFile),
-    Kube(KubeSource),
+    Kube(Box<KubeSource>),
 }
 
 /// In-cluster config inside a pod, kubeconfig outside; the namespace from the flag, else the
