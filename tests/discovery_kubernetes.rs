@@ -12,6 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// (when a decision started, where it went)
+type DecisionLog = Vec<(Instant, Option<String>)>;
+
 fn router(api: &KubeApi, dir: &std::path::Path) -> Proc {
     let kubeconfig = api.kubeconfig(dir, "models");
     let args = [
@@ -88,7 +91,7 @@ async fn pod_changes_reach_routing_within_a_second_and_no_request_goes_to_a_gone
 
     // Decisions run all along; each is recorded with when it started.
     let ext = connect(cluster::grpc_addr(&r)).await;
-    let log: Arc<Mutex<Vec<(Instant, Option<String>)>>> = Arc::default();
+    let log: Arc<Mutex<DecisionLog>> = Arc::default();
     let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let load = {
         let (ext, log, running) = (ext.clone(), Arc::clone(&log), Arc::clone(&running));
