@@ -222,10 +222,19 @@ async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Models, their ready endpoints and in-flight counts: what the router sees now.
-async fn endpoints_handler(State(a): State<Admin>) -> axum::Json<serde_json::Value> {
+#[derive(serde::Deserialize)]
+struct EndpointsQuery {
+    model: Option<String>,
+}
+
+/// Models, their ready endpoints and in-flight counts: what the router sees now (`?model=` for one).
+async fn endpoints_handler(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<EndpointsQuery>,
+) -> axum::Json<serde_json::Value> {
     let snap = a.registry.snapshot();
-    let mut models: Vec<_> = snap.models.values().collect();
+    let mut models: Vec<_> =
+        snap.models.values().filter(|m| q.model.as_ref().is_none_or(|want| *want == m.name)).collect();
     models.sort_by(|x, y| x.name.cmp(&y.name));
     let out: Vec<serde_json::Value> = models
         .iter()
