@@ -4,6 +4,7 @@
 //! at a time), and CPU under a steady 100 changes/s. `cargo bench --bench informer_load`.
 
 #[path = "../tests/common/kube_api.rs"]
+#[allow(dead_code)] // the tests use the stand-in's other controls
 mod kube_api;
 
 use kube_api::{pod, KubeApi};
