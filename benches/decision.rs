@@ -28,7 +28,7 @@ fn router(pods: usize) -> Router {
     registry.publish(vec![ModelSpec { name: "m".into(), tokenizer: None, endpoints }]);
     let cfg = RoutingConfig {
         policy: PolicyKind::Prefix,
-        params: PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5 },
+        params: PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 },
         block_size: 16,
         index_blocks_per_pod: 65_536,
         fallbacks: 0,

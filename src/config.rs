@@ -140,7 +140,7 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_PREFIX_WEIGHT", default_value_t = 1.0)]
     pub prefix_weight: f64,
     /// Prefix policy: cost of one in-flight request on a pod, in blocks.
-    #[arg(long, env = "PREFIX_ROUTER_LOAD_WEIGHT", default_value_t = 8.0)]
+    #[arg(long, env = "PREFIX_ROUTER_LOAD_WEIGHT", default_value_t = 1.0)]
     pub load_weight: f64,
     /// Balance guard: pass over a pod with this many more in-flight requests than the least loaded…
     #[arg(long, env = "PREFIX_ROUTER_BALANCE_ABS_THRESHOLD", default_value_t = 8)]

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 type DecisionLog = Vec<(Instant, Option<String>)>;
 
 fn router(api: &KubeApi, dir: &std::path::Path) -> Proc {
-    let kubeconfig = api.kubeconfig(dir, "models");
+    router_with(&api.kubeconfig(dir, "models"))
+}
+
+fn router_with(kubeconfig: &std::path::Path) -> Proc {
     let args = [
         "--host",
         "127.0.0.1",
@@ -189,23 +192,7 @@ async fn not_ready_until_the_first_full_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path(), "models");
     api.stop();
-    let args = [
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--grpc-health-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--kubernetes",
-        "true",
-    ];
-    let r = procs::spawn_listening_env(
-        env!("CARGO_BIN_EXE_prefix-router"),
-        &args,
-        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
-    );
+    let r = router_with(&kubeconfig);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ready(&r).await, 503);
     let ext = connect(cluster::grpc_addr(&r)).await;

@@ -1,0 +1,625 @@
+//! Routing quality, every policy in one run: random, round-robin, least-load, prefix-router (local
+//! tokens), prefix-router (remote tokens through vLLM /tokenize) and an oracle, on three workloads
+//! (shared prefix, multi-turn chat, trace replay), through a real Envoy in front of `vllm-sim` pods.
+//! Writes BENCHMARKS.md and benches/routing/ttft.svg.
+//!
+//! `bash benches/routing.sh` (= `cargo bench --bench routing`). Env: SIMS=4, SCALE=1.0 (request
+//! counts), TRACE=file.jsonl (replay a Mooncake-style trace instead of the synthetic one),
+//! TIME_SCALE=1.0 (trace timestamps × this), WORKLOADS=shared-prefix,multi-turn,trace.
+//!
+//! The oracle asks every sim how many blocks of the request it holds (`POST /sim/prefix`) and picks
+//! with the router's own cost and balance rule (prefix weight 1, the router's load weight per
+//! in-flight request, guard 8 / 1.5×), then sends straight to that sim — the upper bound for the
+//! real policy. POLICIES=name,… (prefixes of the row names) runs a subset.
+
+#[path = "routing/plot.rs"]
+mod plot;
+#[path = "routing/workload.rs"]
+mod workload;
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use workload::Job;
+
+const SIM_ARGS: &[&str] = &[
+    "--num-gpu-blocks",
+    "2048",
+    "--prefill-us-per-token",
+    "100",
+    "--decode-ms-per-token",
+    "4",
+    "--max-num-seqs",
+    "32",
+];
+const CONCURRENCY: usize = 64;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(bin: &str, args: &[&str]) -> (Kill, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("start-up line");
+    (Kill(child), line)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn envoy_bin() -> String {
+    std::env::var("ENVOY_BIN").unwrap_or_else(|_| {
+        let out = Command::new("bash").arg(".ci/envoy.sh").output().expect("run .ci/envoy.sh");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    Random,
+    RoundRobin,
+    LeastLoad,
+    PrefixLocal,
+    PrefixRemote,
+    Oracle,
+}
+
+impl Policy {
+    const ALL: [Policy; 6] = [
+        Policy::Random,
+        Policy::RoundRobin,
+        Policy::LeastLoad,
+        Policy::PrefixLocal,
+        Policy::PrefixRemote,
+        Policy::Oracle,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Policy::Random => "random",
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastLoad => "least-load",
+            Policy::PrefixLocal => "prefix-router (local tokens)",
+            Policy::PrefixRemote => "prefix-router (remote tokens)",
+            Policy::Oracle => "oracle",
+        }
+    }
+    fn router_args(self) -> Vec<&'static str> {
+        match self {
+            Policy::Random => vec!["--policy", "random"],
+            Policy::RoundRobin => vec!["--policy", "round-robin"],
+            Policy::LeastLoad => vec!["--policy", "least-load"],
+            Policy::PrefixLocal => vec!["--policy", "prefix"],
+            Policy::PrefixRemote => vec![
+                "--policy",
+                "prefix",
+                "--enable-vllm-remote-tokenizer",
+                "true",
+                "--vllm-tokenizer-endpoint-template",
+                "http://{ip}:{port}",
+                "--tokenizer-request-timeout",
+                "2s",
+            ],
+            Policy::Oracle => vec![],
+        }
+    }
+}
+
+/// Sims, and for router policies a router and a real Envoy in front.
+struct Stack {
+    sims: Vec<(Kill, SocketAddr)>,
+    router: Option<(Kill, String)>,
+    envoy: Option<(Kill, u16)>,
+    _dir: PathBuf,
+}
+
+impl Stack {
+    async fn start(policy: Policy, sims: usize) -> Stack {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let tok = repo.join("../shared/fixtures/qwen3");
+        let tok = tok.to_str().expect("utf-8").to_owned();
+        let sims: Vec<(Kill, SocketAddr)> = (0..sims)
+            .map(|i| {
+                let id = format!("sim-{i}");
+                let mut args = vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id];
+                args.extend_from_slice(SIM_ARGS);
+                let (k, line) = start(env!("CARGO_BIN_EXE_vllm-sim"), &args);
+                let addr = line.trim().rsplit_once("http://").and_then(|(_, a)| a.parse().ok()).expect("sim addr");
+                (k, addr)
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("routing-bench-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        if policy == Policy::Oracle {
+            return Stack { sims, router: None, envoy: None, _dir: dir };
+        }
+        let eps: Vec<String> = sims.iter().map(|(_, a)| format!("\"{a}\"")).collect();
+        let file = dir.join("endpoints.yaml");
+        std::fs::write(
+            &file,
+            format!("models:\n  - name: m\n    tokenizer: {tok}\n    endpoints: [{}]\n", eps.join(", ")),
+        )
+        .expect("write endpoints");
+        let mut args =
+            vec!["--host", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"];
+        args.extend(["--endpoints-file", file.to_str().expect("utf-8")]);
+        args.extend(policy.router_args());
+        let (rk, line) = start(env!("CARGO_BIN_EXE_prefix-router"), &args);
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).expect("address").to_owned();
+        let (grpc, admin) = (field("grpc="), field("admin="));
+        let port = free_port();
+        let cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
+            .expect("example")
+            .replace("port_value: 10000", &format!("port_value: {port}"))
+            .replace("port_value: 9901", &format!("port_value: {}", free_port()))
+            .replace("port_value: 9002", &format!("port_value: {}", grpc.rsplit_once(':').expect("port").1));
+        let cfg_path = dir.join("envoy.yaml");
+        std::fs::write(&cfg_path, cfg).expect("write envoy");
+        let envoy = Command::new(envoy_bin())
+            .args([
+                "-c",
+                cfg_path.to_str().expect("utf-8"),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "error",
+            ])
+            .spawn()
+            .expect("envoy");
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Stack { sims, router: Some((rk, admin)), envoy: Some((Kill(envoy), port)), _dir: dir }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    ttft_ms: f64,
+    e2e_ms: f64,
+    prompt: u64,
+    cached: u64,
+    pod: String,
+    reply: String,
+}
+
+/// Sends one streaming request; the first SSE chunk comes after prefill, so its arrival is the TTFT.
+async fn send(http: &reqwest::Client, url: &str, body: &Value) -> Result<Record, String> {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let t = Instant::now();
+    let mut res = http.post(url).json(&body).send().await.map_err(|e| e.to_string())?;
+    if !res.status().is_success() {
+        return Err(format!("status {}", res.status()));
+    }
+    let pod = res.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
+    let mut ttft = None;
+    let mut text = String::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+        ttft.get_or_insert_with(|| t.elapsed());
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let e2e = t.elapsed();
+    let mut rec =
+        Record { ttft_ms: 0.0, e2e_ms: e2e.as_secs_f64() * 1e3, prompt: 0, cached: 0, pod, reply: String::new() };
+    rec.ttft_ms = ttft.unwrap_or(e2e).as_secs_f64() * 1e3;
+    for ev in text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+    {
+        if let Some(u) = ev.get("usage").filter(|u| !u.is_null()) {
+            rec.prompt = u["prompt_tokens"].as_u64().unwrap_or(0);
+            rec.cached = u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+        }
+        if let Some(c) = ev["choices"][0]["delta"]["content"].as_str().or(ev["choices"][0]["text"].as_str()) {
+            rec.reply.push_str(c);
+        }
+    }
+    Ok(rec)
+}
+
+/// The load weight the router runs with (its default unless PREFIX_ROUTER_LOAD_WEIGHT is set), so
+/// the oracle applies the same rule.
+fn load_weight() -> f64 {
+    std::env::var("PREFIX_ROUTER_LOAD_WEIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_LOAD_WEIGHT)
+}
+const DEFAULT_LOAD_WEIGHT: f64 = 1.0;
+
+/// Where a request goes: through Envoy, or for the oracle straight to the best sim.
+struct Target {
+    envoy: Option<String>,
+    sims: Vec<String>,
+    inflight: Vec<AtomicU64>,
+}
+
+impl Target {
+    async fn pick(&self, http: &reqwest::Client, path: &str, body: &Value) -> (String, Option<usize>) {
+        if let Some(base) = &self.envoy {
+            return (format!("{base}{path}"), None);
+        }
+        let probes = self.sims.iter().map(|s| {
+            let http = http.clone();
+            let (url, body) = (format!("{s}/sim/prefix"), body.clone());
+            async move {
+                let v: Value = http.post(url).json(&body).send().await.ok()?.json().await.ok()?;
+                Some((v["prompt_tokens"].as_u64()?, v["cached_tokens"].as_u64()?))
+            }
+        });
+        let held = futures::future::join_all(probes).await;
+        let loads: Vec<u64> = self.inflight.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        let min = loads.iter().copied().min().unwrap_or(0);
+        let best = (0..self.sims.len())
+            .min_by(|&a, &b| {
+                let cost = |i: usize| {
+                    let (prompt, cached) = held[i].unwrap_or((0, 0));
+                    let guarded = loads[i] > min + 8 && loads[i] as f64 > 1.5 * min as f64;
+                    let uncached_blocks = (prompt / 16).saturating_sub(cached / 16);
+                    (guarded, uncached_blocks as f64 + load_weight() * loads[i] as f64)
+                };
+                let (ga, ca) = cost(a);
+                let (gb, cb) = cost(b);
+                ga.cmp(&gb).then(ca.total_cmp(&cb)).then(loads[a].cmp(&loads[b]))
+            })
+            .unwrap_or(0);
+        (format!("{}{path}", self.sims[best]), Some(best))
+    }
+
+    async fn send(&self, http: &reqwest::Client, path: &str, body: &Value) -> Result<Record, String> {
+        let (url, sim) = self.pick(http, path, body).await;
+        if let Some(i) = sim {
+            self.inflight[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let r = send(http, &url, body).await;
+        if let Some(i) = sim {
+            self.inflight[i].fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+enum Workload {
+    Jobs(Vec<Job>),
+    Chat { spec: workload::MultiTurn, starts: Vec<f64> },
+}
+
+async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, usize, Duration) {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build().expect("client");
+    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    match w {
+        Workload::Jobs(jobs) => {
+            for job in jobs.iter().cloned() {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(job.at_ms / 1e3)).await;
+                let (target, http, sem, records, errors) =
+                    (Arc::clone(&target), http.clone(), Arc::clone(&sem), Arc::clone(&records), Arc::clone(&errors));
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire().await.expect("semaphore");
+                    match target.send(&http, job.path, &job.body).await {
+                        Ok(r) => records.lock().expect("records").push(r),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+        }
+        Workload::Chat { spec, starts } => {
+            for (conv, at) in starts.iter().copied().enumerate() {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(at / 1e3)).await;
+                let (target, http, sem, records, errors) =
+                    (Arc::clone(&target), http.clone(), Arc::clone(&sem), Arc::clone(&records), Arc::clone(&errors));
+                let (turns, sentences, output, think) =
+                    (spec.turns, spec.turn_sentences, spec.output_len, spec.think_ms);
+                tasks.push(tokio::spawn(async move {
+                    let mut messages: Vec<Value> = Vec::new();
+                    let pauses = workload::arrivals(turns, 1000.0 / think, conv as u64);
+                    for turn in 0..turns {
+                        messages.push(workload::user_turn(conv, turn, sentences));
+                        let body = json!({"model": "m", "messages": messages, "max_tokens": output});
+                        let result = {
+                            let _permit = sem.acquire().await.expect("semaphore");
+                            target.send(&http, "/v1/chat/completions", &body).await
+                        };
+                        match result {
+                            Ok(r) => {
+                                messages.push(json!({"role": "assistant", "content": r.reply.clone()}));
+                                records.lock().expect("records").push(r);
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                        let pause = if turn == 0 { pauses[0] } else { pauses[turn] - pauses[turn - 1] };
+                        tokio::time::sleep(Duration::from_secs_f64(pause / 1e3)).await;
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = t0.elapsed();
+    let records = records.lock().expect("records").clone();
+    (records, errors.load(Ordering::Relaxed) as usize, elapsed)
+}
+
+async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .filter(|(s, _)| s.split('{').next() == Some(name))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+struct Row {
+    policy: &'static str,
+    hit_client: f64,
+    hit_sims: f64,
+    ttft: [f64; 3],
+    e2e: [f64; 2],
+    throughput: f64,
+    max_over_mean: f64,
+    requests: usize,
+    errors: usize,
+    router_us: Option<f64>,
+    ttfts: Vec<f64>,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn run_policy(policy: Policy, w: &Workload, sims: usize) -> Row {
+    let stack = Stack::start(policy, sims).await;
+    let http = reqwest::Client::new();
+    let sim_urls: Vec<String> = stack.sims.iter().map(|(_, a)| format!("http://{a}")).collect();
+    let target = Arc::new(Target {
+        envoy: stack.envoy.as_ref().map(|(_, p)| format!("http://127.0.0.1:{p}")),
+        sims: sim_urls.clone(),
+        inflight: (0..sim_urls.len()).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let (records, errors, elapsed) = replay(target, w).await;
+    let (mut hits, mut queries) = (0.0, 0.0);
+    for s in &sim_urls {
+        let m = metrics(&http, s).await;
+        hits += metric(&m, "vllm:prefix_cache_hits_total");
+        queries += metric(&m, "vllm:prefix_cache_queries_total");
+    }
+    let router_us = match &stack.router {
+        Some((_, admin)) => {
+            let m = metrics(&http, admin).await;
+            let sum = metric(&m, "prefix_router_phase_duration_microseconds_sum");
+            let count = metric(&m, "prefix_router_phase_duration_microseconds_count");
+            // parse + total per decision (total covers tokenize, hash, lookup, pick).
+            let per = |phase: &str| {
+                let line = |suffix: &str| {
+                    m.lines()
+                        .find(|l| {
+                            l.starts_with(&format!(
+                                "prefix_router_phase_duration_microseconds_{suffix}{{phase=\"{phase}\"}}"
+                            ))
+                        })
+                        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                line("sum") / line("count").max(1.0)
+            };
+            let _ = (sum, count);
+            Some(per("parse") + per("total"))
+        }
+        None => None,
+    };
+    let mut per_pod: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        *per_pod.entry(r.pod.clone()).or_default() += 1;
+    }
+    let mean = records.len() as f64 / sims as f64;
+    let max = per_pod.values().copied().max().unwrap_or(0) as f64;
+    let mut ttfts: Vec<f64> = records.iter().map(|r| r.ttft_ms).collect();
+    ttfts.sort_by(f64::total_cmp);
+    let mut e2e: Vec<f64> = records.iter().map(|r| r.e2e_ms).collect();
+    e2e.sort_by(f64::total_cmp);
+    let (prompt, cached): (u64, u64) = records.iter().fold((0, 0), |(p, c), r| (p + r.prompt, c + r.cached));
+    drop(stack);
+    Row {
+        policy: policy.name(),
+        hit_client: cached as f64 / prompt.max(1) as f64,
+        hit_sims: hits / queries.max(1.0),
+        ttft: [pct(&ttfts, 0.5), pct(&ttfts, 0.9), pct(&ttfts, 0.99)],
+        e2e: [pct(&e2e, 0.5), pct(&e2e, 0.99)],
+        throughput: records.len() as f64 / elapsed.as_secs_f64(),
+        max_over_mean: if mean > 0.0 { max / mean } else { f64::NAN },
+        requests: records.len(),
+        errors,
+        router_us,
+        ttfts,
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| policy | hit rate (usage) | hit rate (sims) | TTFT p50 | TTFT p90 | TTFT p99 | E2E p50 | E2E p99 | req/s | max/mean per pod | router decision (mean) | ok / errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let ms = |v: f64| if v >= 1000.0 { format!("{:.2} s", v / 1000.0) } else { format!("{v:.0} ms") };
+        s.push_str(&format!(
+            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {} / {} |\n",
+            r.policy,
+            r.hit_client * 100.0,
+            r.hit_sims * 100.0,
+            ms(r.ttft[0]),
+            ms(r.ttft[1]),
+            ms(r.ttft[2]),
+            ms(r.e2e[0]),
+            ms(r.e2e[1]),
+            r.throughput,
+            r.max_over_mean,
+            r.router_us.map_or("— (direct)".into(), |u| format!("{u:.0} µs")),
+            r.requests,
+            r.errors
+        ));
+    }
+    s
+}
+
+fn verdict(rows: &[Row]) -> String {
+    let get = |name: &str| rows.iter().find(|r| r.policy == name);
+    let (Some(prefix), Some(oracle), Some(rr)) =
+        (get("prefix-router (local tokens)"), get("oracle"), get("round-robin"))
+    else {
+        return String::new();
+    };
+    format!(
+        "prefix-router (local) vs oracle hit rate: {:.0}% of the oracle's; TTFT p90 vs round-robin: {:.1}× better; \
+         busiest pod: {:.2}× the mean.\n",
+        100.0 * prefix.hit_client / oracle.hit_client.max(1e-9),
+        rr.ttft[1] / prefix.ttft[1].max(1e-9),
+        prefix.max_over_mean
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let sims: usize = env("SIMS", "4").parse().expect("SIMS");
+    let scale: f64 = env("SCALE", "1.0").parse().expect("SCALE");
+    let wanted = env("WORKLOADS", "shared-prefix,multi-turn,trace");
+    let n = |x: usize| ((x as f64 * scale).round() as usize).max(1);
+
+    let shared = workload::SharedPrefix {
+        groups: 32,
+        prompts_per_group: n(12),
+        system_sentences: 115,
+        question_sentences: 7,
+        output_len: 16,
+    };
+    let chat =
+        workload::MultiTurn { conversations: n(32), turns: 5, turn_sentences: 7, output_len: 16, think_ms: 400.0 };
+    let trace_text = match std::env::var("TRACE") {
+        Ok(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("TRACE {path}: {e}")),
+        Err(_) => workload::synthetic_trace(n(200), 8.0),
+    };
+    let time_scale: f64 = env("TIME_SCALE", "1.0").parse().expect("TIME_SCALE");
+    let only: Option<Vec<String>> = std::env::var("POLICIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
+
+    let mut workloads: Vec<(String, String, Workload)> = Vec::new();
+    if wanted.contains("shared-prefix") {
+        let desc = format!(
+            "shared prefix: {} groups × {} prompts, system prompt ≈ 1,600 tokens, question ≈ 100 tokens, output {} tokens, \
+             Poisson 28 req/s",
+            shared.groups, shared.prompts_per_group, shared.output_len
+        );
+        workloads.push(("Shared prefix".into(), desc, Workload::Jobs(shared.jobs(28.0))));
+        let heavy =
+            "shared prefix under heavy load: the same requests at Poisson 36 req/s, where round-robin's prefill \
+                     work exceeds what the pods can do"
+                .to_owned();
+        workloads.push(("Shared prefix, heavy load".into(), heavy, Workload::Jobs(shared.jobs(36.0))));
+    }
+    if wanted.contains("multi-turn") {
+        let desc = format!(
+            "multi-turn chat: {} conversations × {} turns (≈ 100 new tokens a turn, history resent), starting Poisson 2/s, \
+             think time ≈ {} ms",
+            chat.conversations, chat.turns, chat.think_ms
+        );
+        let starts = workload::arrivals(chat.conversations, 2.0, 21);
+        workloads.push(("Multi-turn chat".into(), desc, Workload::Chat { spec: chat, starts }));
+    }
+    if wanted.contains("trace") {
+        let jobs = workload::trace_jobs(&trace_text, time_scale, 32).expect("trace");
+        let desc = format!(
+            "trace replay: {} requests, 512-token hash blocks ({}), time scale {time_scale}",
+            jobs.len(),
+            if std::env::var("TRACE").is_ok() { "given trace" } else { "synthetic Mooncake-style trace, ~8 req/s" }
+        );
+        workloads.push(("Trace replay".into(), desc, Workload::Jobs(jobs)));
+    }
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = format!(
+        "# Routing benchmarks\n\nRegenerate everything here with one command: `bash benches/routing.sh` \
+         (= `cargo bench --bench routing`; env `SIMS`, `SCALE`, `WORKLOADS`, `TRACE=file.jsonl`, `TIME_SCALE`).\n\n\
+         Machine: {cores} cores ({cpu}); {sims} `vllm-sim` pods (`{}`), the router and a real Envoy \
+         (FULL_DUPLEX_STREAMED) per policy, all fresh for every row, all on the same machine. Requests stream with \
+         `include_usage`; TTFT is the first SSE chunk at the client. Open loop with a cap of {CONCURRENCY} requests in flight. \
+         Hit rate (usage) is token-weighted `cached_tokens / prompt_tokens`; hit rate (sims) is \
+         `vllm:prefix_cache_hits_total / queries_total`. The oracle asks every sim what it holds and applies the \
+         router's cost rule, sending straight to the sim (no Envoy). Router decision is the router's own mean time \
+         per request (parse + tokenize + hash + lookup + pick).\n\n![TTFT distributions](benches/routing/ttft.svg)\n\n",
+        SIM_ARGS.join(" ")
+    );
+    let mut panels = Vec::new();
+    for (title, desc, w) in &workloads {
+        eprintln!("== {title}");
+        let mut rows = Vec::new();
+        for p in Policy::ALL
+            .into_iter()
+            .filter(|p| only.as_ref().is_none_or(|o| o.iter().any(|n| p.name().starts_with(n.as_str()))))
+        {
+            let row = run_policy(p, w, sims).await;
+            eprintln!(
+                "{:<32} hit {:.1}% ttft p90 {:.0} ms ({} ok, {} errors)",
+                row.policy,
+                row.hit_client * 100.0,
+                row.ttft[1],
+                row.requests,
+                row.errors
+            );
+            rows.push(row);
+        }
+        md.push_str(&format!("## {title}\n\n{desc}.\n\n{}\n{}\n", table(&rows), verdict(&rows)));
+        panels.push((title.clone(), rows.iter().map(|r| (r.policy.to_owned(), r.ttfts.clone())).collect()));
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(repo.join("benches/routing/ttft.svg"), plot::ttft_cdfs(&panels)).expect("write svg");
+    std::fs::write(repo.join("BENCHMARKS.md"), &md).expect("write BENCHMARKS.md");
+    println!("{md}");
+}
