@@ -136,3 +136,35 @@ async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
     let ok = client().post(sim.url("/v1/completions")).json(&json!({"prompt": "next", "max_tokens": 1})).send().await;
     assert_eq!(ok.expect("served").status(), 200);
 }
+
+#[tokio::test]
+async fn the_prefix_probe_counts_blocks_being_computed_as_coming_not_cached() {
+    // 2,000 tokens at 500 µs each: one second of prefill to look into.
+    let sim = procs::sim(&["--prefill-us-per-token", "500", "--decode-ms-per-token", "0"]);
+    let prompt = prompt_ids(&sim, "epsilon", 2000).await;
+    let probe = || async {
+        let v: Value = client()
+            .post(sim.url("/sim/prefix"))
+            .json(&json!({"model": "tiny-chat", "prompt": prompt.clone()}))
+            .send()
+            .await
+            .expect("probe")
+            .json()
+            .await
+            .expect("json");
+        (v["prompt_tokens"].as_u64(), v["cached_tokens"].as_u64(), v["cached_or_coming_tokens"].as_u64())
+    };
+    assert_eq!(probe().await, (Some(2000), Some(0), Some(0)));
+
+    let running = tokio::spawn({
+        let (sim_url, prompt) = (sim.url("/v1/completions"), prompt.clone());
+        async move {
+            let req = json!({"model": "tiny-chat", "prompt": prompt, "max_tokens": 1});
+            client().post(sim_url).json(&req).send().await.expect("request").status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probe().await, (Some(2000), Some(0), Some(2000)), "mid-prefill: coming, not yet cached");
+    assert_eq!(running.await.expect("task"), 200);
+    assert_eq!(probe().await, (Some(2000), Some(2000), Some(2000)), "after prefill: cached");
+}

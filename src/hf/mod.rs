@@ -27,6 +27,9 @@ pub struct HfTokenizer {
     /// Stable identity of this tokenizer (hash of its files), so token ids from different
     /// tokenizers never share a hash space.
     fingerprint: u64,
+    /// Ids below this are valid, added tokens included. Counted once: `get_vocab_size(true)`
+    /// builds the whole vocabulary map on every call (~150k entries for Qwen3).
+    vocab_size: usize,
 }
 
 impl HfTokenizer {
@@ -54,7 +57,8 @@ impl HfTokenizer {
         let chat = chat::ChatTemplate::from_config(&config, file_template).map_err(|e| broken(&config_path, e))?;
         let fingerprint =
             xxhash_rust::xxh3::xxh3_64(&json_bytes) ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
-        Ok(Self { tokenizer, chat, fingerprint })
+        let vocab_size = tokenizer.get_vocab_size(true);
+        Ok(Self { tokenizer, chat, fingerprint, vocab_size })
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -77,7 +81,7 @@ impl HfTokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Renders a chat request to the prompt text vLLM would tokenize.

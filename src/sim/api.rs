@@ -133,17 +133,23 @@ async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Fau
     Ok(Json(faults))
 }
 
-/// How much of a completion or chat request's prompt this pod's cache holds right now (for a
-/// benchmark's oracle policy). Nothing is scheduled or touched.
+/// How much of a completion or chat request's prompt this pod's cache holds right now, and how
+/// much it holds or is computing for requests queued or prefilling here (for a benchmark's oracle
+/// policy). Nothing is scheduled or touched.
 async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
     let obj = parse_object(&body)?;
     let p = if obj.contains_key("messages") { sim.chat_prompt(&obj)? } else { sim.completion_prompts(&obj)? };
     let seed = p.seed();
-    let (mut prompt_tokens, mut cached_tokens) = (0, 0);
+    let (mut prompt_tokens, mut cached_tokens, mut coming_tokens) = (0, 0, 0);
     for tokens in &p.prompts {
         let hashes = super::cache::block_hashes(tokens, sim.block_size, seed);
         prompt_tokens += tokens.len();
         cached_tokens += sim.engine.cached_blocks(&hashes) * sim.block_size;
+        coming_tokens += sim.engine.cached_or_coming_blocks(&hashes) * sim.block_size;
     }
-    Ok(Json(json!({ "prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens })))
+    Ok(Json(json!({
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens": cached_tokens,
+        "cached_or_coming_tokens": coming_tokens,
+    })))
 }

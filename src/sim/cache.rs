@@ -74,9 +74,14 @@ impl BlockPool {
         }
     }
 
+    /// Whether the pool holds the block named `hash` now (in use or free and not yet evicted).
+    pub fn holds(&self, hash: u64) -> bool {
+        self.blocks.contains_key(&hash)
+    }
+
     /// How many leading blocks of `hashes` the pool holds now.
     pub fn cached_blocks(&self, hashes: &[u64]) -> usize {
-        hashes.iter().take_while(|h| self.blocks.contains_key(h)).count()
+        hashes.iter().take_while(|h| self.holds(**h)).count()
     }
 
     /// Blocks a request of `prompt_tokens` + `output_tokens` needs in all.

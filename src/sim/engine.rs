@@ -4,7 +4,7 @@
 
 use super::cache::{Allocation, BlockPool};
 use super::metrics::SimMetrics;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -29,6 +29,9 @@ struct State {
     waiting: VecDeque<u64>,
     running: usize,
     next_id: u64,
+    /// Block hashes of requests that are queued or prefilling here: what the pool will hold once
+    /// the requests ahead finish their prefill (a count per hash, as requests may share blocks).
+    coming: HashMap<u64, u32>,
 }
 
 /// A request that holds a running slot and its KV blocks; both are returned on drop, so a client
@@ -42,7 +45,7 @@ pub struct Running {
 
 impl Engine {
     pub fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
-        let state = State { pool, waiting: VecDeque::new(), running: 0, next_id: 0 };
+        let state = State { pool, waiting: VecDeque::new(), running: 0, next_id: 0, coming: HashMap::new() };
         Self { state: Mutex::new(state), wake: Notify::new(), prefill: tokio::sync::Mutex::new(()), timing, metrics }
     }
 
@@ -60,6 +63,13 @@ impl Engine {
         self.lock().pool.cached_blocks(hashes)
     }
 
+    /// Leading blocks of `hashes` the pool holds now or that a request queued or prefilling here
+    /// is computing: what a request sent now would find once the requests ahead of it are done.
+    pub fn cached_or_coming_blocks(&self, hashes: &[u64]) -> usize {
+        let st = self.lock();
+        hashes.iter().take_while(|h| st.pool.holds(**h) || st.coming.contains_key(h)).count()
+    }
+
     pub fn usage(&self) -> f64 {
         self.lock().pool.usage()
     }
@@ -72,9 +82,13 @@ impl Engine {
             st.next_id += 1;
             let id = st.next_id;
             st.waiting.push_back(id);
+            for h in hashes {
+                *st.coming.entry(*h).or_default() += 1;
+            }
             self.metrics.waiting.inc();
             id
         };
+        let coming = Coming { engine: self.as_ref(), hashes };
         let mut queued = WaitingGuard { engine: self.as_ref(), id: Some(id) };
         let alloc = loop {
             let notified = self.wake.notified();
@@ -108,6 +122,7 @@ impl Engine {
             let mut st = self.lock();
             st.pool.commit_prefill(alloc);
         }
+        drop(coming);
         self.metrics.ttft.observe(arrived.elapsed().as_secs_f64());
         running
     }
@@ -134,6 +149,26 @@ impl Drop for Running {
             self.engine.metrics.kv_usage.set(st.pool.usage());
         }
         self.engine.wake.notify_waiters();
+    }
+}
+
+/// A request's blocks counted as coming until its prefill is committed or it goes away.
+struct Coming<'a> {
+    engine: &'a Engine,
+    hashes: &'a [u64],
+}
+
+impl Drop for Coming<'_> {
+    fn drop(&mut self) {
+        let mut st = self.engine.lock();
+        for h in self.hashes {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = st.coming.entry(*h) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
     }
 }
 
