@@ -8,9 +8,10 @@
 //! TIME_SCALE=1.0 (trace timestamps × this), WORKLOADS=shared-prefix,multi-turn,trace.
 //!
 //! The oracle asks every sim how many blocks of the request it holds or is computing for requests
-//! queued there (`POST /sim/prefix`) and picks with the router's own cost and balance rule (prefix weight 1, the router's load weight per
-//! in-flight request, guard 8 / 1.5×), then sends straight to that sim — the upper bound for the
-//! real policy. POLICIES=name,… (prefixes of the row names) runs a subset.
+//! queued there (`POST /sim/prefix`) and picks with the router's own cost and balance rule (prefix
+//! weight 1, the router's load weight per in-flight request, guard 8 / 1.5×), then sends straight
+//! to that sim — the upper bound for the real policy. POLICIES=name,… (prefixes of the row names)
+//! runs a subset.
 
 #[path = "routing/plot.rs"]
 mod plot;
@@ -591,8 +592,8 @@ async fn main() {
          (FULL_DUPLEX_STREAMED) per policy, all fresh for every row, all on the same machine. Requests stream with \
          `include_usage`; TTFT is the first SSE chunk at the client. Open loop with a cap of {CONCURRENCY} requests in flight. \
          Hit rate (usage) is token-weighted `cached_tokens / prompt_tokens`; hit rate (sims) is \
-         `vllm:prefix_cache_hits_total / queries_total`. The oracle asks every sim what it holds or is computing for requests queued there and applies the \
-         router's cost rule, sending straight to the sim (no Envoy). Router decision is the router's own mean time \
+         `vllm:prefix_cache_hits_total / queries_total`. The oracle asks every sim what it holds or is computing \
+         for requests queued there and applies the router's cost rule, sending straight to the sim (no Envoy). Router decision is the router's own mean time \
          per request (parse + tokenize + hash + lookup + pick).\n\n![TTFT distributions](benches/routing/ttft.svg)\n\n",
         SIM_ARGS.join(" ")
     );
