@@ -35,7 +35,7 @@ fn router(pods: usize) -> Router {
         max_inflight_per_pod: 0,
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    Router::new(registry, Arc::new(LocalTokenizer::new(4)), cfg, metrics)
+    Router::new(registry, Arc::new(LocalTokenizer::new(4, None)), cfg, metrics)
 }
 
 fn body(tokens: usize, family: u32, variant: u32) -> Vec<u8> {

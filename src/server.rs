@@ -82,10 +82,12 @@ pub async fn run(
     } else {
         None
     };
+    // One byte budget for exact requests and for the chat pieces the local tokenizer reuses.
+    let token_cache = Arc::new(TokenCache::new(cfg.tokenize_cache_bytes));
     let tokenizer = Arc::new(Tokenization::new(
-        LocalTokenizer::new(cfg.approx_bytes_per_token),
+        LocalTokenizer::new(cfg.approx_bytes_per_token, Some(Arc::clone(&token_cache))),
         pool.clone(),
-        TokenCache::new(cfg.tokenize_cache_bytes),
+        token_cache,
         Arc::clone(&metrics),
     ));
     let router =

@@ -9,6 +9,7 @@ pub mod pyjson;
 
 pub use chat::{ChatError, ChatInput};
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
@@ -30,6 +31,45 @@ pub struct HfTokenizer {
     /// Ids below this are valid, added tokens included. Counted once: `get_vocab_size(true)`
     /// builds the whole vocabulary map on every call (~150k entries for Qwen3).
     vocab_size: usize,
+    /// How `tokenizers` cuts a text at added tokens before tokenizing each piece on its own;
+    /// `None` when this tokenizer's added tokens make that cut depend on their surroundings.
+    added: Option<AddedSplit>,
+}
+
+/// A piece of a text as `tokenizers` sees it: text between added tokens, or an added token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'t> {
+    Text(&'t str),
+    Added(u32),
+}
+
+/// The first split `tokenizers` makes (its `AddedVocabulary`): every added token whose content
+/// is matched before normalization, found leftmost-longest in the raw text.
+struct AddedSplit {
+    matcher: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+impl AddedSplit {
+    /// `None` unless the split is exact: a token that strips whitespace or must stand alone as a
+    /// word takes its neighbours into account, and a tokenizer told to encode special tokens as
+    /// text does not split on them at all.
+    fn of(tokenizer: &Tokenizer) -> Option<Self> {
+        if tokenizer.get_encode_special_tokens() {
+            return None;
+        }
+        let mut tokens: Vec<_> =
+            tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| !t.normalized).collect();
+        if tokens.is_empty() || tokens.iter().any(|(_, t)| t.lstrip || t.rstrip || t.single_word) {
+            return None;
+        }
+        tokens.sort_by_key(|(id, _)| *id);
+        let matcher = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(tokens.iter().map(|(_, t)| &t.content))
+            .ok()?;
+        Some(Self { matcher, ids: tokens.into_iter().map(|(id, _)| id).collect() })
+    }
 }
 
 impl HfTokenizer {
@@ -58,7 +98,8 @@ impl HfTokenizer {
         let fingerprint =
             xxhash_rust::xxh3::xxh3_64(&json_bytes) ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
         let vocab_size = tokenizer.get_vocab_size(true);
-        Ok(Self { tokenizer, chat, fingerprint, vocab_size })
+        let added = AddedSplit::of(&tokenizer);
+        Ok(Self { tokenizer, chat, fingerprint, vocab_size, added })
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -70,6 +111,27 @@ impl HfTokenizer {
             .encode_fast(text, add_special_tokens)
             .map(|enc| enc.get_ids().to_vec())
             .map_err(|e| e.to_string())
+    }
+
+    /// `text` cut where `tokenizers` cuts it before tokenizing: `encode(text, false)` equals the
+    /// pieces' ids in order, each `Text` piece encoded on its own with `encode(piece, false)`.
+    /// So pieces that repeat — a chat's system prompt and earlier turns, between the template's
+    /// special tokens — can be tokenized once. `None` when this tokenizer's cut is not exact.
+    pub fn pieces<'t>(&self, text: &'t str) -> Option<Vec<Piece<'t>>> {
+        let split = self.added.as_ref()?;
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for m in split.matcher.find_iter(text) {
+            if m.start() > at {
+                pieces.push(Piece::Text(&text[at..m.start()]));
+            }
+            pieces.push(Piece::Added(split.ids[m.pattern().as_usize()]));
+            at = m.end();
+        }
+        if at < text.len() {
+            pieces.push(Piece::Text(&text[at..]));
+        }
+        Some(pieces)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
@@ -173,6 +235,52 @@ mod tests {
         let ids = tok.encode("<|im_start|>user\nhello world<|im_end|>", false).expect("encodes");
         assert_eq!(tok.token_strs(&ids[..1]), vec![Some("<|im_start|>".to_owned())]);
         assert_eq!(tok.decode(&ids).expect("decodes"), "<|im_start|>user\nhello world<|im_end|>");
+    }
+
+    fn encode_by_pieces(tok: &HfTokenizer, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for piece in tok.pieces(text).expect("Qwen3's added tokens split exactly") {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => ids.extend(tok.encode(t, false).expect("encodes")),
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn pieces_tokenize_to_exactly_the_whole_text_s_tokens() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        let mut texts: Vec<String> = [
+            "",
+            "plain text, no added token",
+            "<|im_start|>",
+            "<|im_start|><|im_end|>",
+            "  <|im_start|>  user \n\n<|im_end|>\n\n",
+            "a<think>b</think>c<tool_call>{\"x\": 1}</tool_call>",
+            "<|im_start|user (almost a token) <|im_end|",
+            "Ünïcödé 日本語 emoji 🦀<|im_end|>🦀\r\n\t <|endoftext|>",
+            "<<|im_start|>>",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let chats = [
+            json!({"messages": [{"role": "system", "content": "You are terse."},
+                                {"role": "user", "content": "Say <|im_end|> literally, then stop."},
+                                {"role": "assistant", "content": "<think>\nhm\n</think>\n\nDone."},
+                                {"role": "user", "content": "  again  "}]}),
+            json!({"messages": [{"role": "user", "content": "weather in Paris?"}],
+                   "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Now.",
+                              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+                   "chat_template_kwargs": {"enable_thinking": false}}),
+        ];
+        for c in chats {
+            texts.push(tok.render_chat(&chat(c)).expect("renders"));
+        }
+        for text in &texts {
+            assert_eq!(encode_by_pieces(&tok, text), tok.encode(text, false).expect("encodes"), "{text:?}");
+        }
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! Local tokenization: the model's configured HF tokenizer (chat template applied), else a byte
 //! approximation that keeps prefix affinity — equal leading text gives equal leading "tokens".
+//!
+//! A rendered chat is tokenized piece by piece between the template's added tokens, exactly as
+//! `tokenizers` does it (see [`HfTokenizer::pieces`]), and each piece's ids are kept in the token
+//! cache: a conversation's system prompt and earlier turns are tokenized once, not every turn.
 
-use super::{TokenSpace, Tokenize, TokenizeError, Tokens};
+use super::{TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
+use crate::hf::{ChatInput, HfTokenizer, Piece};
 use crate::openai::{InferenceRequest, Kind, Prompt};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalTokenizer {
     bytes_per_token: usize,
+    /// Where chat pieces' ids are kept (`None`: every chat is tokenized whole).
+    pieces: Option<Arc<TokenCache>>,
 }
 
 impl LocalTokenizer {
-    pub fn new(bytes_per_token: usize) -> Self {
-        Self { bytes_per_token: bytes_per_token.max(1) }
+    pub fn new(bytes_per_token: usize, pieces: Option<Arc<TokenCache>>) -> Self {
+        Self { bytes_per_token: bytes_per_token.max(1), pieces }
     }
 
     /// Never fails: a request the configured tokenizer cannot handle is approximated.
@@ -28,7 +35,7 @@ impl LocalTokenizer {
             Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
             Kind::Chat(chat) => {
                 if let Some(tok) = &model.tokenizer {
-                    if let Ok(ids) = tok.encode_chat(chat, false) {
+                    if let Ok(ids) = self.chat(tok, chat) {
                         return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
                     }
                 }
@@ -36,6 +43,34 @@ impl LocalTokenizer {
             }
             Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
         }
+    }
+
+    /// The chat's tokens as vLLM computes them (template applied, no special tokens added), from
+    /// cached pieces where they repeat.
+    fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
+        let text = tok.render_chat(chat).map_err(|e| e.to_string())?;
+        let (Some(cache), Some(pieces)) = (&self.pieces, tok.pieces(&text)) else {
+            return tok.encode(&text, false);
+        };
+        let space = TokenSpace::Local(tok.fingerprint());
+        let tokenizer_key = format!("{:016x}", tok.fingerprint());
+        let mut ids = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => {
+                    let key = TokenCache::key("piece", &tokenizer_key, t.as_bytes());
+                    if let Some((_, cached)) = cache.get(key) {
+                        ids.extend_from_slice(&cached);
+                    } else {
+                        let piece_ids = tok.encode(t, false)?;
+                        ids.extend_from_slice(&piece_ids);
+                        cache.insert(key, (space, Arc::from(piece_ids)));
+                    }
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn text(&self, model: &Model, text: &str) -> Tokens {
@@ -55,7 +90,7 @@ impl LocalTokenizer {
 
 /// A stable byte form of a chat request: what stays fixed over a conversation (tools, template
 /// arguments) first, then each message in order, so earlier turns are a prefix of later ones.
-fn chat_bytes(chat: &crate::hf::ChatInput) -> Vec<u8> {
+fn chat_bytes(chat: &ChatInput) -> Vec<u8> {
     let mut out = Vec::new();
     if let Some(t) = &chat.tools {
         out.extend_from_slice(serde_json::Value::Array(t.clone()).to_string().as_bytes());
@@ -135,7 +170,7 @@ mod tests {
                            {"role": "user", "content": "More."}]);
         for with_tokenizer in [true, false] {
             let m = model(with_tokenizer);
-            let local = LocalTokenizer::new(4);
+            let local = LocalTokenizer::new(4, None);
             let a = local.tokenize_now(&m, &chat(turn1.clone()));
             let b = local.tokenize_now(&m, &chat(turn2.clone()));
             // Turn 1 ends with the generation prompt (3 tokens), or a partial byte chunk.
@@ -146,9 +181,36 @@ mod tests {
     }
 
     #[test]
+    fn chat_pieces_are_reused_across_turns_and_give_the_same_tokens() {
+        let m = model(true);
+        let cache = Arc::new(TokenCache::new(1 << 20));
+        let cached = LocalTokenizer::new(4, Some(Arc::clone(&cache)));
+        let whole = LocalTokenizer::new(4, None);
+        let system = "You answer questions about caches. ".repeat(100);
+        let mut messages = vec![json!({"role": "system", "content": system})];
+        let mut first_turn_bytes = 0;
+        for turn in 0..4 {
+            messages.push(json!({"role": "user", "content": format!("Question {turn}: what is block {turn}?")}));
+            let req = chat(json!(messages.clone()));
+            let before = cache.bytes();
+            let (a, b) = (cached.tokenize_now(&m, &req), whole.tokenize_now(&m, &req));
+            assert_eq!(a, b, "turn {turn}: pieces must give exactly the whole text's tokens");
+            // Only what a turn adds is tokenized and stored; the system prompt is not again.
+            let stored = cache.bytes() - before;
+            if turn == 0 {
+                first_turn_bytes = stored;
+                assert!(a.ids.len() > 500);
+            } else {
+                assert!(stored * 4 < first_turn_bytes, "turn {turn} stored {stored} bytes, turn 0 {first_turn_bytes}");
+            }
+            messages.push(json!({"role": "assistant", "content": format!("Answer {turn}.")}));
+        }
+    }
+
+    #[test]
     fn token_id_prompts_are_engine_tokens_and_text_uses_the_tokenizer() {
         let m = model(true);
-        let local = LocalTokenizer::new(4);
+        let local = LocalTokenizer::new(4, None);
         let ids = parse(Endpoint::Completions, br#"{"model":"m","prompt":[9707,1879]}"#).expect("parses");
         assert_eq!(local.tokenize_now(&m, &ids), Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine });
         let text = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");

@@ -74,7 +74,7 @@ pub trait Tokenize: Send + Sync {
 pub struct Tokenization {
     local: LocalTokenizer,
     remote: Option<Arc<TokenizerPool>>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
     metrics: Arc<crate::metrics::Metrics>,
     logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
@@ -83,7 +83,7 @@ impl Tokenization {
     pub fn new(
         local: LocalTokenizer,
         remote: Option<Arc<TokenizerPool>>,
-        cache: TokenCache,
+        cache: Arc<TokenCache>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self { local, remote, cache, metrics, logged: Default::default() }
