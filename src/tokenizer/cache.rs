@@ -37,8 +37,13 @@ impl TokenCache {
         h.digest128()
     }
 
+    /// False when configured with no room (`0` bytes): nothing is kept.
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
     pub fn get(&self, key: u128) -> Option<Cached> {
-        if self.max_bytes == 0 {
+        if !self.enabled() {
             return None;
         }
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(&key).cloned()

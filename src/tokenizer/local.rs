@@ -49,7 +49,8 @@ impl LocalTokenizer {
     /// cached pieces where they repeat.
     fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
         let text = tok.render_chat(chat).map_err(|e| e.to_string())?;
-        let (Some(cache), Some(pieces)) = (&self.pieces, tok.pieces(&text)) else {
+        let cache = self.pieces.as_ref().filter(|c| c.enabled());
+        let (Some(cache), Some(pieces)) = (cache, tok.pieces(&text)) else {
             return tok.encode(&text, false);
         };
         let space = TokenSpace::Local(tok.fingerprint());
