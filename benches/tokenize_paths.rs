@@ -200,8 +200,9 @@ async fn main() {
 fn local_chat_pieces(tok_dir: &str) {
     use prefix_router::discovery::Model;
     use prefix_router::hf::HfTokenizer;
+    use prefix_router::metrics::Metrics;
     use prefix_router::openai::{parse, Endpoint};
-    use prefix_router::tokenizer::{LocalTokenizer, TokenCache};
+    use prefix_router::tokenizer::{LocalTokenizer, PieceCache, TokenCache};
     let tokenizer = Arc::new(HfTokenizer::from_dir(std::path::Path::new(tok_dir)).expect("tokenizer"));
     let model = Model { name: "m".into(), endpoints: vec![], tokenizer: Some(tokenizer) };
     let system: String = (0..80).map(|i| format!("Rule {i}: answer about caches briefly. ")).collect();
@@ -220,7 +221,8 @@ fn local_chat_pieces(tok_dir: &str) {
     let mut tokens = 0;
     for _ in 0..5 {
         let whole = LocalTokenizer::new(4, None);
-        let pieces = LocalTokenizer::new(4, Some(Arc::new(TokenCache::new(64 << 20))));
+        let cache = Arc::new(TokenCache::new(64 << 20));
+        let pieces = LocalTokenizer::new(4, Some(PieceCache { cache, metrics: Arc::new(Metrics::new().expect("m")) }));
         let t = Instant::now();
         let a: Vec<_> = turns.iter().map(|r| whole.tokenize_now(&model, r)).collect();
         whole_time += t.elapsed();

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub tokenize_cache: IntCounterVec,
     /// Tokenizer pool entries created, expired (TTL) and evicted (models cap).
     pub tokenizer_pool_events: IntCounterVec,
+    /// Tokens of locally tokenized chats by where they came from: reused (cached pieces) or
+    /// tokenized (new pieces).
+    pub piece_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +88,13 @@ impl Metrics {
             Opts::new("prefix_router_tokenizer_pool_events_total", "Tokenizer pool entries created, expired, evicted"),
             &["event"],
         )?;
+        let piece_tokens = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_tokenize_piece_tokens_total",
+                "Tokens of locally tokenized chats: reused from cached pieces or tokenized",
+            ),
+            &["result"],
+        )?;
         for c in [
             &decisions as &dyn CollectorClone,
             &phase_us,
@@ -97,6 +107,7 @@ impl Metrics {
             &tokenize_fallbacks,
             &tokenize_cache,
             &tokenizer_pool_events,
+            &piece_tokens,
         ] {
             registry.register(c.boxed())?;
         }
@@ -113,6 +124,7 @@ impl Metrics {
             tokenize_fallbacks,
             tokenize_cache,
             tokenizer_pool_events,
+            piece_tokens,
         })
     }
 

@@ -8,7 +8,7 @@ use crate::discovery::{DiscoveryError, Registry};
 use crate::extproc::{Context, ExtProc};
 use crate::metrics::{self, Metrics};
 use crate::routing::{Router, RoutingConfig};
-use crate::tokenizer::{LocalTokenizer, PoolConfig, TokenCache, Tokenization, TokenizerPool};
+use crate::tokenizer::{LocalTokenizer, PieceCache, PoolConfig, TokenCache, Tokenization, TokenizerPool};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -85,7 +85,10 @@ pub async fn run(
     // One byte budget for exact requests and for the chat pieces the local tokenizer reuses.
     let token_cache = Arc::new(TokenCache::new(cfg.tokenize_cache_bytes));
     let tokenizer = Arc::new(Tokenization::new(
-        LocalTokenizer::new(cfg.approx_bytes_per_token, Some(Arc::clone(&token_cache))),
+        LocalTokenizer::new(
+            cfg.approx_bytes_per_token,
+            Some(PieceCache { cache: Arc::clone(&token_cache), metrics: Arc::clone(&metrics) }),
+        ),
         pool.clone(),
         token_cache,
         Arc::clone(&metrics),

@@ -8,6 +8,7 @@
 use super::{TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
 use crate::hf::{ChatInput, HfTokenizer, Piece};
+use crate::metrics::Metrics;
 use crate::openai::{InferenceRequest, Kind, Prompt};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -16,11 +17,18 @@ use std::sync::Arc;
 pub struct LocalTokenizer {
     bytes_per_token: usize,
     /// Where chat pieces' ids are kept (`None`: every chat is tokenized whole).
-    pieces: Option<Arc<TokenCache>>,
+    pieces: Option<PieceCache>,
+}
+
+/// The cache chat pieces' ids are kept in, and the counter of tokens reused from it.
+#[derive(Clone)]
+pub struct PieceCache {
+    pub cache: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl LocalTokenizer {
-    pub fn new(bytes_per_token: usize, pieces: Option<Arc<TokenCache>>) -> Self {
+    pub fn new(bytes_per_token: usize, pieces: Option<PieceCache>) -> Self {
         Self { bytes_per_token: bytes_per_token.max(1), pieces }
     }
 
@@ -49,13 +57,13 @@ impl LocalTokenizer {
     /// cached pieces where they repeat.
     fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
         let text = tok.render_chat(chat).map_err(|e| e.to_string())?;
-        let cache = self.pieces.as_ref().filter(|c| c.enabled());
-        let (Some(cache), Some(pieces)) = (cache, tok.pieces(&text)) else {
+        let pieces_cache = self.pieces.as_ref().filter(|p| p.cache.enabled());
+        let (Some(PieceCache { cache, metrics }), Some(pieces)) = (pieces_cache, tok.pieces(&text)) else {
             return tok.encode(&text, false);
         };
         let space = TokenSpace::Local(tok.fingerprint());
         let tokenizer_key = format!("{:016x}", tok.fingerprint());
-        let mut ids = Vec::new();
+        let (mut ids, mut reused) = (Vec::new(), 0);
         for piece in pieces {
             match piece {
                 Piece::Added(id) => ids.push(id),
@@ -63,6 +71,7 @@ impl LocalTokenizer {
                     let key = TokenCache::key("piece", &tokenizer_key, t.as_bytes());
                     if let Some((_, cached)) = cache.get(key) {
                         ids.extend_from_slice(&cached);
+                        reused += cached.len();
                     } else {
                         let piece_ids = tok.encode(t, false)?;
                         ids.extend_from_slice(&piece_ids);
@@ -71,6 +80,8 @@ impl LocalTokenizer {
                 }
             }
         }
+        metrics.piece_tokens.with_label_values(&["reused"]).inc_by(reused as u64);
+        metrics.piece_tokens.with_label_values(&["tokenized"]).inc_by((ids.len() - reused) as u64);
         Ok(ids)
     }
 
@@ -185,7 +196,9 @@ mod tests {
     fn chat_pieces_are_reused_across_turns_and_give_the_same_tokens() {
         let m = model(true);
         let cache = Arc::new(TokenCache::new(1 << 20));
-        let cached = LocalTokenizer::new(4, Some(Arc::clone(&cache)));
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let cached =
+            LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
         let whole = LocalTokenizer::new(4, None);
         let system = "You answer questions about caches. ".repeat(100);
         let mut messages = vec![json!({"role": "system", "content": system})];
@@ -206,6 +219,14 @@ mod tests {
             }
             messages.push(json!({"role": "assistant", "content": format!("Answer {turn}.")}));
         }
+        // Operators see the reuse: most tokens of turns 1–3 came from cached pieces.
+        let count = |r: &str| metrics.piece_tokens.with_label_values(&[r]).get();
+        assert!(
+            count("reused") > 2 * count("tokenized"),
+            "reused {} tokenized {}",
+            count("reused"),
+            count("tokenized")
+        );
     }
 
     #[test]

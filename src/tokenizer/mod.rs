@@ -7,7 +7,7 @@ pub mod pool;
 pub mod remote;
 
 pub use cache::TokenCache;
-pub use local::LocalTokenizer;
+pub use local::{LocalTokenizer, PieceCache};
 pub use pool::{PoolConfig, TokenizerPool};
 
 use crate::discovery::Model;
