@@ -1,5 +1,6 @@
-//! Request → token ids. Local today (a configured HF tokenizer with its chat template, or a byte
-//! approximation); the remote vLLM `/tokenize` pool plugs in behind the same trait.
+//! Request → token ids: the token cache, then the model's vLLM pods (`/tokenize`, when enabled),
+//! then the local tokenizer (a configured HF tokenizer with its chat template, or a byte
+//! approximation), all behind one trait.
 
 mod cache;
 mod local;
