@@ -2,15 +2,15 @@
 //! for 1k/8k/32k-token prompts over 8 and 64 pods, on a warm index; local tokenization measured
 //! separately. `cargo bench --bench decision` prints criterion's estimates, then a p50/p99 table
 //! from 2,000 timed decisions per case (criterion reports means, the target is a p99).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{BenchmarkId, Criterion};
-use prefix_router::config::PolicyKind;
+use hf_chat::HfTokenizer;
+use prefix_index::policy::PrefixParams;
 use prefix_router::discovery::{EndpointSpec, Engine, ModelSpec, Registry};
-use prefix_router::hf::HfTokenizer;
 use prefix_router::metrics::Metrics;
 use prefix_router::openai::{self, Endpoint};
-use prefix_router::routing::policy::PrefixParams;
-use prefix_router::routing::{Router, RoutingConfig};
+use prefix_router::routing::{PolicyKind, Router, RoutingConfig};
 use prefix_router::tokenizer::LocalTokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -102,12 +102,12 @@ fn main() {
                 k += 1;
             }
             group.bench_with_input(BenchmarkId::from_parameter(format!("{tokens}tok")), &text, |b, text| {
-                b.iter(|| std::hint::black_box(tok.encode(text, true).map(|t| t.len())))
+                b.iter(|| std::hint::black_box(tok.encode(text, true).map(|t| t.len())));
             });
             let t = Instant::now();
             let n = 20;
             for _ in 0..n {
-                std::hint::black_box(tok.encode(&text, true).map(|t| t.len()).unwrap_or(0));
+                std::hint::black_box(tok.encode(&text, true).map_or(0, |t| t.len()));
             }
             tok_table.push((tokens, t.elapsed() / n));
         }

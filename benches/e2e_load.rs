@@ -5,6 +5,10 @@
 //! `cargo bench --bench e2e_load` (env: SECONDS=4 per round, RATE=100 req/s, ROUNDS=3). Prints
 //! latency through each path at the same open-loop rate (rounds alternate, so drift hits both), the
 //! difference (what the router adds), and requests/s at saturation (16 connections).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/bins.rs"]
+mod bins;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,7 +166,7 @@ async fn main() {
     let tok = repo.join("../shared/fixtures/qwen3");
     let tok = tok.to_str().expect("utf-8");
     let (_sim, line) = start(
-        env!("CARGO_BIN_EXE_vllm-sim"),
+        bins::vllm_sim().to_str().expect("utf-8 path"),
         &[
             "--port",
             "0",

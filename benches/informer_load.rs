@@ -2,6 +2,7 @@
 //! (release build) watches them. Prints time to first full sync, the router's resident memory and
 //! CPU, the time from a watch event to the routing change (p50/p99 over 200 readiness flips, one
 //! at a time), and CPU under a steady 100 changes/s. `cargo bench --bench informer_load`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/kube_api.rs"]
 #[allow(dead_code)] // the tests use the stand-in's other controls

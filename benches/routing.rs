@@ -12,6 +12,10 @@
 //! weight 1, the router's load weight per in-flight request, guard 8 / 1.5×), then sends straight
 //! to that sim — the upper bound for the real policy. POLICIES=name,… (prefixes of the row names)
 //! runs a subset.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/bins.rs"]
+mod bins;
 
 #[path = "routing/plot.rs"]
 mod plot;
@@ -141,7 +145,7 @@ impl Stack {
                 let id = format!("sim-{i}");
                 let mut args = vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id];
                 args.extend_from_slice(SIM_ARGS);
-                let (k, line) = start(env!("CARGO_BIN_EXE_vllm-sim"), &args);
+                let (k, line) = start(bins::vllm_sim().to_str().expect("utf-8 path"), &args);
                 let addr = line.trim().rsplit_once("http://").and_then(|(_, a)| a.parse().ok()).expect("sim addr");
                 (k, addr)
             })
@@ -585,7 +589,7 @@ async fn main() {
             c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mut md = format!(
         "# Routing benchmarks\n\nRegenerate everything here with one command: `bash benches/routing.sh` \
          (= `cargo bench --bench routing`; env `SIMS`, `SCALE`, `WORKLOADS`, `TRACE=file.jsonl`, `TIME_SCALE`).\n\n\

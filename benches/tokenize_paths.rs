@@ -6,6 +6,10 @@
 //! tokenizer's piece cache (chat pieces between the template's added tokens) saves on those turns.
 //!
 //! `cargo bench --bench tokenize_paths` (env SECONDS=4 per row). Everything shares 2 cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/bins.rs"]
+mod bins;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -116,7 +120,9 @@ async fn main() {
     let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3");
     let tok = tok.to_str().expect("utf-8");
     let sims: Vec<(Kill, String)> = (0..3)
-        .map(|_| start(env!("CARGO_BIN_EXE_vllm-sim"), &["--port", "0", "--model", "m", "--tokenizer", tok]))
+        .map(|_| {
+            start(bins::vllm_sim().to_str().expect("utf-8 path"), &["--port", "0", "--model", "m", "--tokenizer", tok])
+        })
         .collect();
     let addrs: Vec<String> = sims
         .iter()
@@ -198,8 +204,8 @@ async fn main() {
 /// prompt: whole rendered text every turn versus pieces between added tokens from the token cache.
 /// Both in this process, alternating, 5 rounds; the tokens are checked equal.
 fn local_chat_pieces(tok_dir: &str) {
+    use hf_chat::HfTokenizer;
     use prefix_router::discovery::Model;
-    use prefix_router::hf::HfTokenizer;
     use prefix_router::metrics::Metrics;
     use prefix_router::openai::{parse, Endpoint};
     use prefix_router::tokenizer::{LocalTokenizer, PieceCache, TokenCache};

@@ -6,6 +6,7 @@
 //! Run it with `bash examples/demo.sh` (installs Envoy, builds, runs). Flags:
 //! `--mode buffered|full-duplex` (default full-duplex), `--policy prefix|round-robin|random|least-load`,
 //! `--conversations N`, `--turns N`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

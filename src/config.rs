@@ -1,26 +1,12 @@
 //! Every setting, as a flag and an environment variable, typed and validated once at start-up.
 
-use clap::{Parser, ValueEnum};
+use crate::extproc::BodyMode;
+use crate::routing::{PolicyKind, RoutingConfig};
+use clap::Parser;
+use prefix_index::policy::PrefixParams;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BodyMode {
-    /// Work it out from Envoy's `protocol_config` (BUFFERED when Envoy does not say).
-    Auto,
-    Buffered,
-    FullDuplex,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PolicyKind {
-    /// Cached-prefix gain weighed against load (the product).
-    Prefix,
-    Random,
-    RoundRobin,
-    LeastLoad,
-}
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 30s, 5m or 1h30m: {e}"))
@@ -179,6 +165,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The routing side's own parameters.
+    pub fn routing(&self) -> RoutingConfig {
+        RoutingConfig {
+            policy: self.policy,
+            params: PrefixParams {
+                prefix_weight: self.prefix_weight,
+                load_weight: self.load_weight,
+                balance_abs: self.balance_abs_threshold,
+                balance_rel: self.balance_rel_threshold,
+            },
+            block_size: self.block_size,
+            index_blocks_per_pod: self.index_blocks_per_pod,
+            fallbacks: self.fallback_endpoints,
+            max_inflight_per_pod: self.max_inflight_per_pod,
+        }
+    }
+
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 8] = [

@@ -1,7 +1,7 @@
 //! OpenAI-style request bodies → what routing needs: model, prompt in its original form, and
 //! what separates cache blocks (`cache_salt`). The body itself is passed on untouched.
 
-use crate::hf::ChatInput;
+use hf_chat::ChatInput;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +84,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
     })?;
     let model = match b.model {
         Some(Value::String(m)) if !m.is_empty() => m,
-        Some(Value::String(_)) | None | Some(Value::Null) => return Err(ParseError::MissingModel),
+        Some(Value::String(_) | Value::Null) | None => return Err(ParseError::MissingModel),
         Some(_) => return Err(ParseError::Invalid("'model' must be a string".into())),
     };
     let cache_salt = match b.cache_salt {

@@ -7,7 +7,7 @@ use crate::discovery::static_file::StaticFile;
 use crate::discovery::{DiscoveryError, Registry};
 use crate::extproc::{Context, ExtProc};
 use crate::metrics::{self, Metrics};
-use crate::routing::{Router, RoutingConfig};
+use crate::routing::Router;
 use crate::tokenizer::{LocalTokenizer, PieceCache, PoolConfig, TokenCache, Tokenization, TokenizerPool};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -93,8 +93,7 @@ pub async fn run(
         token_cache,
         Arc::clone(&metrics),
     ));
-    let router =
-        Arc::new(Router::new(Arc::clone(&registry), tokenizer, RoutingConfig::from_config(&cfg), Arc::clone(&metrics)));
+    let router = Arc::new(Router::new(Arc::clone(&registry), tokenizer, cfg.routing(), Arc::clone(&metrics)));
     {
         let (router, pool) = (Arc::clone(&router), pool.clone());
         metrics::register_state(&metrics, move || {

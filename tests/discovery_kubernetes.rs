@@ -1,6 +1,7 @@
 //! The pod informer against an API server stand-in that speaks list/watch: what routing sees as
 //! pods come, go, flip readiness, terminate and change IP; the API server away and back; readiness
 //! before the first sync. The router under test is the real binary with a kubeconfig.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -70,7 +71,7 @@ async fn converge(router: &Proc, want: Option<BTreeSet<String>>, what: &str, wit
 }
 
 async fn ready(router: &Proc) -> u16 {
-    common::client().get(router.url("/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    common::client().get(router.url("/readyz")).send().await.map_or(0, |r| r.status().as_u16())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The static endpoints file as an operator edits it: changes take effect without a restart, a
 //! removed pod gets no more requests and its metrics vanish, a bad edit keeps the last good state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

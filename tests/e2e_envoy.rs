@@ -1,5 +1,6 @@
 //! End to end through a real Envoy, in both ext_proc body modes, in front of the router and
 //! `vllm-sim` pods: what a client and an operator would notice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The ext_proc protocol rules, driven by a gRPC client that speaks to the router as Envoy does:
 //! FULL_DUPLEX_STREAMED ordering, the repeated end-of-stream, trailers ending a body, header-only
 //! requests, sanitization in BUFFERED, and gRPC health on both ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! vllm-sim's HTTP API, checked against vLLM's wire shapes by running the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -182,15 +183,4 @@ async fn faults_switch_on_and_off_at_run_time() {
 
     assert_eq!(set(json!({"tokenize_error_rate": 2.0})).await.expect("put").status(), 400);
     assert_eq!(set(json!({"typo": true})).await.expect("put").status(), 400);
-}
-
-#[test]
-fn a_missing_tokenizer_directory_stops_start_up_with_a_clear_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vllm-sim"))
-        .args(["--port", "0", "--model", "m", "--tokenizer", "/no/such/dir"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--tokenizer") && err.contains("/no/such/dir"), "{err}");
 }

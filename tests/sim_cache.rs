@@ -1,5 +1,6 @@
 //! vllm-sim's prefix cache and scheduler, observed the way a router or benchmark observes them:
 //! `usage.prompt_tokens_details.cached_tokens`, `vllm:` metrics and time to first token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Tokenizing through vLLM pods: exact engine tokens, failover, hung pods, fallback, and the
 //! pool's lifecycle — observed the way an operator would, through ext_proc, Envoy and /metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,9 +3,9 @@
 const COLORS: &[&str] = &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 
 /// One panel: a title and, per policy, its TTFTs in ms, sorted.
-pub type Panel = (String, Vec<(String, Vec<f64>)>);
+pub(crate) type Panel = (String, Vec<(String, Vec<f64>)>);
 
-pub fn ttft_cdfs(panels: &[Panel]) -> String {
+pub(crate) fn ttft_cdfs(panels: &[Panel]) -> String {
     let (w, h, pad) = (560.0, 320.0, 50.0);
     let total_h = h * panels.len() as f64;
     let mut svg = format!(

@@ -6,19 +6,19 @@ use serde_json::{json, Value};
 
 /// One request: where it goes, what it says, and (for chats) which conversation turn it is.
 #[derive(Clone)]
-pub struct Job {
+pub(crate) struct Job {
     pub at_ms: f64,
     pub path: &'static str,
     pub body: Value,
 }
 
 /// Deterministic filler text: `n` sentences, distinct per `seed` from the first word on.
-pub fn text(seed: &str, sentences: usize) -> String {
+pub(crate) fn text(seed: &str, sentences: usize) -> String {
     (0..sentences).map(|i| format!("{seed} clause {i} holds reusable context. ")).collect()
 }
 
 /// Poisson arrival times (ms) for `n` requests at `rate` per second.
-pub fn arrivals(n: usize, rate: f64, seed: u64) -> Vec<f64> {
+pub(crate) fn arrivals(n: usize, rate: f64, seed: u64) -> Vec<f64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut t = 0.0;
     (0..n)
@@ -30,7 +30,7 @@ pub fn arrivals(n: usize, rate: f64, seed: u64) -> Vec<f64> {
         .collect()
 }
 
-pub struct SharedPrefix {
+pub(crate) struct SharedPrefix {
     pub groups: usize,
     pub prompts_per_group: usize,
     /// In sentences of ~7 tokens.
@@ -40,7 +40,7 @@ pub struct SharedPrefix {
 }
 
 impl SharedPrefix {
-    pub fn jobs(&self, rate: f64) -> Vec<Job> {
+    pub(crate) fn jobs(&self, rate: f64) -> Vec<Job> {
         let n = self.groups * self.prompts_per_group;
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut order: Vec<(usize, usize)> =
@@ -60,7 +60,7 @@ impl SharedPrefix {
     }
 }
 
-pub struct MultiTurn {
+pub(crate) struct MultiTurn {
     pub conversations: usize,
     pub turns: usize,
     pub turn_sentences: usize,
@@ -70,23 +70,23 @@ pub struct MultiTurn {
 }
 
 /// A conversation: its start time; its turns are generated as replies arrive.
-pub fn user_turn(conv: usize, turn: usize, sentences: usize) -> Value {
+pub(crate) fn user_turn(conv: usize, turn: usize, sentences: usize) -> Value {
     json!({"role": "user", "content": text(&format!("Conversation {conv} turn {turn}"), sentences)})
 }
 
 /// A trace record: `{"timestamp": ms, "input_length": n, "output_length": n, "hash_ids": [..]}`.
 #[derive(serde::Deserialize)]
-pub struct TraceRecord {
+pub(crate) struct TraceRecord {
     pub timestamp: f64,
     pub input_length: usize,
     pub output_length: usize,
     pub hash_ids: Vec<u64>,
 }
 
-pub const TRACE_BLOCK: usize = 512;
+pub(crate) const TRACE_BLOCK: usize = 512;
 
 /// Token ids for a trace record: equal hash ids give equal 512-token blocks.
-pub fn trace_tokens(r: &TraceRecord) -> Vec<u32> {
+pub(crate) fn trace_tokens(r: &TraceRecord) -> Vec<u32> {
     let mut ids = Vec::with_capacity(r.input_length);
     for h in &r.hash_ids {
         let mut rng = rand::rngs::StdRng::seed_from_u64(*h ^ 0x9e37_79b9_7f4a_7c15);
@@ -100,7 +100,7 @@ pub fn trace_tokens(r: &TraceRecord) -> Vec<u32> {
     ids
 }
 
-pub fn trace_jobs(text: &str, time_scale: f64, max_output: usize) -> Result<Vec<Job>, String> {
+pub(crate) fn trace_jobs(text: &str, time_scale: f64, max_output: usize) -> Result<Vec<Job>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -116,7 +116,7 @@ pub fn trace_jobs(text: &str, time_scale: f64, max_output: usize) -> Result<Vec<
 }
 
 /// A synthetic Mooncake-style trace: sessions whose requests extend a shared root of blocks.
-pub fn synthetic_trace(requests: usize, rate: f64) -> String {
+pub(crate) fn synthetic_trace(requests: usize, rate: f64) -> String {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut next_id = 1u64;
     let roots: Vec<Vec<u64>> = (0..40)

@@ -5,9 +5,9 @@
 pub mod kubernetes;
 pub mod static_file;
 
-use crate::hf::HfTokenizer;
-use crate::prefix::PodId;
 use arc_swap::ArcSwap;
+use hf_chat::HfTokenizer;
+use prefix_index::PodId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -158,7 +158,7 @@ impl Registry {
     /// Replaces the whole state. Pods keep their identity when their key, address, model and
     /// engine are unchanged; anything else is a new pod (its cache is not the old one's).
     pub fn publish(&self, specs: Vec<ModelSpec>) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next_known = HashMap::new();
         let mut models = HashMap::new();
         for spec in specs {

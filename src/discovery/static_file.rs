@@ -9,7 +9,7 @@
 //! ```
 
 use super::{DiscoveryError, EndpointSpec, Engine, ModelSpec, Registry};
-use crate::hf::HfTokenizer;
+use hf_chat::HfTokenizer;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,36 +1,27 @@
 //! The ext_proc gRPC service. One task per Envoy stream (one HTTP request) runs the state machine
-//! in `stream.rs`; each phase has its own file.
+//! in `stream.rs` over the per-stream state of `state.rs`; each phase has its own file. Imports go
+//! one way: `stream` → phases (`request_headers`, `request_body`, `response`) → `state` →
+//! (`mutations`, `errors`).
 
 mod errors;
 mod mutations;
 mod request_body;
 mod request_headers;
 mod response;
+mod state;
 mod stream;
 
 pub use errors::Reject;
 pub use mutations::{MAX_CHUNK, METADATA_KEY};
+pub use state::{BodyMode, Context};
+pub use stream::run;
 
-use crate::config::BodyMode;
-use crate::metrics::Metrics;
-use crate::routing::Router;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-
-/// What every stream shares.
-pub struct Context {
-    pub router: Arc<Router>,
-    pub metrics: Arc<Metrics>,
-    pub body_mode: BodyMode,
-    pub max_body_bytes: usize,
-    pub destination_header: String,
-    pub inflight_ttl: Duration,
-}
 
 pub struct ExtProc {
     ctx: Arc<Context>,

@@ -18,7 +18,7 @@ pub const METADATA_KEY: &str = "x-gateway-destination-endpoint";
 
 /// Sets the destination header (overwriting any the client sent) or, with `None`, only removes a
 /// client-supplied one.
-pub fn destination(header: &str, value: Option<&str>) -> HeaderMutation {
+pub(super) fn destination(header: &str, value: Option<&str>) -> HeaderMutation {
     match value {
         Some(v) => HeaderMutation {
             set_headers: vec![HeaderValueOption {
@@ -52,7 +52,7 @@ fn routed(header: &str, value: &str) -> CommonResponse {
 }
 
 /// A request-headers response: the decision (with metadata) or, with `None`, sanitization only.
-pub fn request_headers(header: &str, value: Option<&str>) -> ProcessingResponse {
+pub(super) fn request_headers(header: &str, value: Option<&str>) -> ProcessingResponse {
     let response = match value {
         Some(v) => routed(header, v),
         None => CommonResponse { header_mutation: Some(destination(header, None)), ..Default::default() },
@@ -65,7 +65,7 @@ pub fn request_headers(header: &str, value: Option<&str>) -> ProcessingResponse 
 }
 
 /// BUFFERED: the decision rides on the request-body response.
-pub fn buffered_body(header: &str, value: &str) -> ProcessingResponse {
+pub(super) fn buffered_body(header: &str, value: &str) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Response::RequestBody(BodyResponse { response: Some(routed(header, value)) })),
         dynamic_metadata: Some(lb_metadata(value)),
@@ -75,7 +75,7 @@ pub fn buffered_body(header: &str, value: &str) -> ProcessingResponse {
 
 /// FULL_DUPLEX_STREAMED: the body handed back in chunks of at most [`MAX_CHUNK`] bytes,
 /// `end_of_stream` on the last one only if the body ended the request (not trailers).
-pub fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> Vec<ProcessingResponse> {
+pub(super) fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> Vec<ProcessingResponse> {
     let chunk = |bytes: &[u8], last: bool| {
         let body = BodyResponse {
             response: Some(CommonResponse {
@@ -99,17 +99,17 @@ pub fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> Vec<Pro
     body.chunks(MAX_CHUNK).enumerate().map(|(i, c)| chunk(c, i + 1 == n)).collect()
 }
 
-pub fn continue_response_headers() -> ProcessingResponse {
+pub(super) fn continue_response_headers() -> ProcessingResponse {
     ProcessingResponse { response: Some(Response::ResponseHeaders(HeadersResponse::default())), ..Default::default() }
 }
 
-pub fn continue_body(request: bool) -> ProcessingResponse {
+pub(super) fn continue_body(request: bool) -> ProcessingResponse {
     let body = BodyResponse::default();
     let response = if request { Response::RequestBody(body) } else { Response::ResponseBody(body) };
     ProcessingResponse { response: Some(response), ..Default::default() }
 }
 
-pub fn continue_trailers(request: bool) -> ProcessingResponse {
+pub(super) fn continue_trailers(request: bool) -> ProcessingResponse {
     let t = TrailersResponse::default();
     let response = if request { Response::RequestTrailers(t) } else { Response::ResponseTrailers(t) };
     ProcessingResponse { response: Some(response), ..Default::default() }

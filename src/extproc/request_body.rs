@@ -1,14 +1,14 @@
 //! Request-body phase: gather the body (FULL_DUPLEX chunks or one BUFFERED message), enforce the
 //! size limit, parse, route, and answer in the mode's own shape.
 
-use super::request_headers::reject;
-use super::stream::{Mode, StreamState};
-use super::{mutations, Reject};
+use super::errors::Reject;
+use super::mutations;
+use super::state::{reject, Mode, StreamState};
 use crate::openai::{self, Endpoint};
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use std::time::Instant;
 
-pub async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse> {
+pub(super) async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse> {
     if st.request_done {
         // Envoy can repeat an end-of-stream chunk on large bodies; the request is decided.
         return Vec::new();
@@ -35,7 +35,7 @@ pub async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse
 }
 
 /// FULL_DUPLEX with trailers: the trailers end the request instead of a body end-of-stream.
-pub async fn trailers(st: &mut StreamState) -> Vec<ProcessingResponse> {
+pub(super) async fn trailers(st: &mut StreamState) -> Vec<ProcessingResponse> {
     if st.request_done {
         return vec![mutations::continue_trailers(true)];
     }

@@ -2,11 +2,12 @@
 //! BUFFERED answers now (removing any client-sent destination header) and FULL_DUPLEX waits for
 //! the body.
 
-use super::stream::{Mode, StreamState};
-use super::{mutations, Reject};
+use super::errors::Reject;
+use super::mutations;
+use super::state::{reject, Mode, StreamState};
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingResponse};
 
-pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
+pub(super) fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
     let mut content_length: Option<usize> = None;
     for hv in h.headers.iter().flat_map(|m| m.headers.iter()) {
         // Envoy sends values in raw_value; older versions used value.
@@ -40,10 +41,4 @@ pub fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResponse> {
         Mode::FullDuplex => Vec::new(),
         _ => vec![mutations::request_headers(st.header(), None)],
     }
-}
-
-pub fn reject(st: &StreamState, r: Reject) -> Vec<ProcessingResponse> {
-    st.ctx.metrics.rejections.with_label_values(&[&r.status().to_string()]).inc();
-    tracing::debug!(status = r.status(), reason = %r, "request answered by the router");
-    vec![r.to_response()]
 }

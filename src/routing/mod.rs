@@ -1,17 +1,14 @@
 //! The decision path: model → ready pods → tokens → block hashes → index lookup → policy pick →
 //! record + in-flight guard. Nothing here knows about ext_proc or HTTP.
 
-pub mod policy;
-
-use crate::config::{Config, PolicyKind};
 use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot};
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
-use crate::prefix::{block_hashes, HashSeed, PodId, PrefixIndex};
 use crate::tokenizer::Tokenize;
-use policy::{
+use prefix_index::policy::{
     Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
+use prefix_index::{block_hashes, HashSeed, PodId, PrefixIndex};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -47,6 +44,17 @@ impl Decision {
     }
 }
 
+/// Which policy picks among a model's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyKind {
+    /// Cached-prefix gain weighed against load (the product).
+    Prefix,
+    Random,
+    RoundRobin,
+    LeastLoad,
+}
+
+/// Routing parameters (from the configuration, or set directly by tests and benches).
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
     pub policy: PolicyKind,
@@ -55,24 +63,6 @@ pub struct RoutingConfig {
     pub index_blocks_per_pod: usize,
     pub fallbacks: usize,
     pub max_inflight_per_pod: u64,
-}
-
-impl RoutingConfig {
-    pub fn from_config(c: &Config) -> Self {
-        Self {
-            policy: c.policy,
-            params: PrefixParams {
-                prefix_weight: c.prefix_weight,
-                load_weight: c.load_weight,
-                balance_abs: c.balance_abs_threshold,
-                balance_rel: c.balance_rel_threshold,
-            },
-            block_size: c.block_size,
-            index_blocks_per_pod: c.index_blocks_per_pod,
-            fallbacks: c.fallback_endpoints,
-            max_inflight_per_pod: c.max_inflight_per_pod,
-        }
-    }
 }
 
 /// Per-model routing state: its prefix index and its policy object.
@@ -144,7 +134,7 @@ impl Router {
             return Err(RouteError::Overloaded(req.model.clone()));
         }
         let facts: Vec<Candidate> = {
-            let index = state.index.read().unwrap_or_else(|p| p.into_inner());
+            let index = state.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let matches = index.lookup(&hashes);
             candidates
                 .iter()
@@ -165,7 +155,11 @@ impl Router {
         };
         let chosen = order[0];
         if !hashes.is_empty() {
-            state.index.write().unwrap_or_else(|p| p.into_inner()).record(candidates[chosen].id, &hashes);
+            state
+                .index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(candidates[chosen].id, &hashes);
             let ratio = facts[chosen].matched_blocks as f64 / hashes.len() as f64;
             self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
         }
@@ -207,10 +201,10 @@ impl Router {
     }
 
     fn model_state(&self, model: &str) -> Arc<ModelState> {
-        if let Some(s) = self.models.read().unwrap_or_else(|p| p.into_inner()).get(model) {
+        if let Some(s) = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(model) {
             return Arc::clone(s);
         }
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut models = self.models.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {
             Arc::new(ModelState {
                 index: RwLock::new(PrefixIndex::new(self.cfg.index_blocks_per_pod)),
@@ -221,11 +215,11 @@ impl Router {
 
     /// Drops index entries of pods (and models) that left discovery.
     pub fn purge(&self, snapshot: &Snapshot) {
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut models = self.models.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         models.retain(|name, _| snapshot.models.contains_key(name));
         for (name, state) in models.iter() {
             let live: HashSet<PodId> = snapshot.models[name].endpoints.iter().map(|e| e.id).collect();
-            let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             let gone: Vec<PodId> = index.pods().filter(|p| !live.contains(p)).collect();
             for pod in gone {
                 index.remove_pod(pod);
@@ -249,11 +243,11 @@ impl Router {
     /// Live state for the scrape-time gauges.
     pub fn sample(&self) -> StateSample {
         let snapshot = self.registry.snapshot();
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let models = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut s = StateSample::default();
         for (name, model) in &snapshot.models {
             s.endpoints.push((name.clone(), model.endpoints.len() as u64));
-            let index = models.get(name).map(|m| m.index.read().unwrap_or_else(|p| p.into_inner()));
+            let index = models.get(name).map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner));
             for e in &model.endpoints {
                 s.inflight.push((name.clone(), e.addr.to_string(), e.inflight()));
                 let blocks = index.as_ref().map_or(0, |i| i.pod_blocks(e.id));

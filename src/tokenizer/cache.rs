@@ -7,7 +7,7 @@ use lru::LruCache;
 use std::sync::{Arc, Mutex};
 
 /// Cached tokens and the space they belong to.
-pub type Cached = (TokenSpace, Arc<[u32]>);
+pub(super) type Cached = (TokenSpace, Arc<[u32]>);
 
 pub struct TokenCache {
     max_bytes: usize,
@@ -46,7 +46,7 @@ impl TokenCache {
         if !self.enabled() {
             return None;
         }
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(&key).cloned()
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.get(&key).cloned()
     }
 
     pub fn insert(&self, key: u128, value: Cached) {
@@ -54,7 +54,7 @@ impl TokenCache {
         if size > self.max_bytes {
             return;
         }
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = inner.map.put(key, value) {
             inner.bytes -= old.1.len() * 4 + OVERHEAD;
         }
@@ -66,7 +66,7 @@ impl TokenCache {
     }
 
     pub fn bytes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).bytes
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bytes
     }
 }
 

@@ -7,10 +7,10 @@
 
 use super::{TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
-use crate::hf::{ChatInput, HfTokenizer, Piece};
 use crate::metrics::Metrics;
 use crate::openai::{InferenceRequest, Kind, Prompt};
 use futures::future::BoxFuture;
+use hf_chat::{ChatInput, HfTokenizer, Piece};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -165,7 +165,7 @@ mod tests {
 
     fn model(tokenizer: bool) -> Model {
         let tokenizer =
-            tokenizer.then(|| Arc::new(crate::hf::HfTokenizer::from_dir(&crate::hf::fixture_dir()).expect("fixture")));
+            tokenizer.then(|| Arc::new(hf_chat::HfTokenizer::from_dir(&crate::test_fixture_dir()).expect("fixture")));
         Model { name: "m".into(), endpoints: vec![], tokenizer }
     }
 

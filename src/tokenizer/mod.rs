@@ -99,7 +99,7 @@ impl Tokenization {
 
     fn fall_back(&self, cause: &'static str) {
         self.metrics.tokenize_fallbacks.with_label_values(&[cause]).inc();
-        let first = self.logged.lock().unwrap_or_else(|p| p.into_inner()).insert(cause);
+        let first = self.logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(cause);
         if first {
             tracing::warn!(cause, "remote tokenization failed; tokenizing locally (logged once per cause)");
         }

@@ -139,7 +139,7 @@ impl TokenizerPool {
 
     fn healthy(&self, entry: &Entry, tried: &[SocketAddr]) -> Vec<Arc<TokEndpoint>> {
         let now = self.now_ms();
-        let eps = entry.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let eps = entry.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         eps.list
             .iter()
             .filter(|e| !tried.contains(&e.addr) && e.ejected_until.load(Ordering::Relaxed) <= now)
@@ -159,7 +159,7 @@ impl TokenizerPool {
     fn entry(&self, model: &Arc<Model>) -> Arc<Entry> {
         let now = self.now_ms();
         let entry = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(e) = entries.get(&model.name) {
                 Arc::clone(e)
             } else {
@@ -183,7 +183,7 @@ impl TokenizerPool {
         };
         entry.last_used.store(now, Ordering::Relaxed);
         let stale = {
-            let eps = entry.endpoints.read().unwrap_or_else(|p| p.into_inner());
+            let eps = entry.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             !eps.source.as_ref().is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(model)))
         };
         if stale {
@@ -195,7 +195,7 @@ impl TokenizerPool {
     /// Rebuilds an entry's endpoints from the model's ready vLLM pods, keeping the health state
     /// of pods that stay.
     fn refresh(&self, entry: &Entry, model: &Arc<Model>) {
-        let mut eps = entry.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let mut eps = entry.endpoints.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let old: HashMap<SocketAddr, Arc<TokEndpoint>> = eps.list.drain(..).map(|e| (e.addr, e)).collect();
         eps.list = model
             .endpoints
@@ -220,7 +220,7 @@ impl TokenizerPool {
     fn expire(&self) {
         let ttl = self.cfg.ttl.as_millis() as u64;
         let now = self.now_ms();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = entries.len();
         entries.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < ttl);
         let expired = before - entries.len();
@@ -232,11 +232,11 @@ impl TokenizerPool {
     /// Probes every endpoint of every entry once, concurrently.
     async fn probe_all(&self) {
         let targets: Vec<(String, Arc<TokEndpoint>)> = {
-            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             entries
                 .values()
                 .flat_map(|e| {
-                    let eps = e.endpoints.read().unwrap_or_else(|p| p.into_inner());
+                    let eps = e.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                     eps.list.iter().map(|ep| (e.model.clone(), Arc::clone(ep))).collect::<Vec<_>>()
                 })
                 .collect()
@@ -273,11 +273,11 @@ impl TokenizerPool {
     /// (models with an entry, per model: healthy and ejected endpoints) for scrape-time gauges.
     pub fn sample(&self) -> (usize, Vec<(String, u64, u64)>) {
         let now = self.now_ms();
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let per_model = entries
             .values()
             .map(|e| {
-                let eps = e.endpoints.read().unwrap_or_else(|p| p.into_inner());
+                let eps = e.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let ejected = eps.list.iter().filter(|x| x.ejected_until.load(Ordering::Relaxed) > now).count() as u64;
                 (e.model.clone(), eps.list.len() as u64 - ejected, ejected)
             })

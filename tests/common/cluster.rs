@@ -8,13 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Buffered,
     FullDuplex,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Buffered, Mode::FullDuplex];
+    pub(crate) const ALL: [Mode; 2] = [Mode::Buffered, Mode::FullDuplex];
     fn example(self) -> &'static str {
         match self {
             Mode::Buffered => "envoy-buffered.yaml",
@@ -24,7 +24,7 @@ impl Mode {
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, the project's venv (what .ci/run installs), or `envoy` on PATH.
-pub fn envoy_bin() -> PathBuf {
+pub(crate) fn envoy_bin() -> PathBuf {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
         return PathBuf::from(p);
     }
@@ -40,11 +40,11 @@ pub fn envoy_bin() -> PathBuf {
     })
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-pub struct Envoy {
+pub(crate) struct Envoy {
     child: Child,
     pub port: u16,
     pub admin: u16,
@@ -59,7 +59,7 @@ impl Drop for Envoy {
 }
 
 impl Envoy {
-    pub fn start(mode: Mode, extproc: SocketAddr, transform: impl Fn(String) -> String) -> Envoy {
+    pub(crate) fn start(mode: Mode, extproc: SocketAddr, transform: impl Fn(String) -> String) -> Envoy {
         let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode.example());
         let text = std::fs::read_to_string(&example).expect("example bootstrap");
         let (port, admin) = (free_port(), free_port());
@@ -103,12 +103,12 @@ impl Envoy {
         panic!("envoy did not start listening");
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 }
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub sims: Vec<Proc>,
     pub router: Proc,
     pub grpc: SocketAddr,
@@ -117,7 +117,7 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-pub struct Options<'a> {
+pub(crate) struct Options<'a> {
     pub sims: usize,
     pub sim_args: &'a [&'a str],
     pub router_args: &'a [&'a str],
@@ -133,7 +133,7 @@ impl Default for Options<'_> {
 }
 
 impl Cluster {
-    pub fn start(mode: Mode, opts: Options<'_>) -> Cluster {
+    pub(crate) fn start(mode: Mode, opts: Options<'_>) -> Cluster {
         let sims: Vec<Proc> = (0..opts.sims)
             .map(|i| {
                 let id = format!("sim-{i}");
@@ -163,16 +163,16 @@ impl Cluster {
     }
 
     /// Which sim (by index) an `x-sim-id` names.
-    pub fn sim_index(id: &str) -> usize {
+    pub(crate) fn sim_index(id: &str) -> usize {
         id.trim_start_matches("sim-").parse().expect("sim id")
     }
 
-    pub async fn router_metrics(&self) -> String {
+    pub(crate) async fn router_metrics(&self) -> String {
         super::client().get(self.router.url("/metrics")).send().await.expect("metrics").text().await.expect("text")
     }
 }
 
-pub fn router(endpoints: &std::path::Path, extra: &[&str]) -> Proc {
+pub(crate) fn router(endpoints: &std::path::Path, extra: &[&str]) -> Proc {
     let mut args = vec![
         "--host",
         "127.0.0.1",
@@ -191,7 +191,7 @@ pub fn router(endpoints: &std::path::Path, extra: &[&str]) -> Proc {
     procs::spawn_listening(env!("CARGO_BIN_EXE_prefix-router"), &args)
 }
 
-pub fn grpc_addr(router: &Proc) -> SocketAddr {
+pub(crate) fn grpc_addr(router: &Proc) -> SocketAddr {
     router
         .line
         .split_whitespace()

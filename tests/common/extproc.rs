@@ -9,7 +9,12 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use std::time::Duration;
 
-pub fn headers(path: &str, end_of_stream: bool, mode: BodySendMode, extra: &[(&str, &str)]) -> ProcessingRequest {
+pub(crate) fn headers(
+    path: &str,
+    end_of_stream: bool,
+    mode: BodySendMode,
+    extra: &[(&str, &str)],
+) -> ProcessingRequest {
     let mut hs = vec![(":method", "POST"), (":path", path)];
     hs.extend_from_slice(extra);
     ProcessingRequest {
@@ -32,7 +37,7 @@ pub fn headers(path: &str, end_of_stream: bool, mode: BodySendMode, extra: &[(&s
     }
 }
 
-pub fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
+pub(crate) fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(Request::RequestBody(HttpBody { body: bytes.to_vec(), end_of_stream, ..Default::default() })),
         ..Default::default()
@@ -40,7 +45,7 @@ pub fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
 }
 
 /// Sends `msgs`, then collects every response that arrives within a short quiet period.
-pub async fn exchange(grpc: std::net::SocketAddr, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
+pub(crate) async fn exchange(grpc: std::net::SocketAddr, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
     let mut client = ExternalProcessorClient::connect(format!("http://{grpc}")).await.expect("connect");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut inbound =
@@ -55,7 +60,7 @@ pub async fn exchange(grpc: std::net::SocketAddr, msgs: Vec<ProcessingRequest>) 
     out
 }
 
-pub fn destination(r: &ProcessingResponse) -> Option<String> {
+pub(crate) fn destination(r: &ProcessingResponse) -> Option<String> {
     let common = match &r.response {
         Some(Response::RequestHeaders(h)) => h.response.as_ref(),
         Some(Response::RequestBody(b)) => b.response.as_ref(),
@@ -66,7 +71,7 @@ pub fn destination(r: &ProcessingResponse) -> Option<String> {
     (h.key == "x-gateway-destination-endpoint").then(|| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
 
-pub fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
+pub(crate) fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
     let Some(Response::RequestBody(b)) = &r.response else {
         return None;
     };
@@ -76,14 +81,14 @@ pub fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
     }
 }
 
-pub type Client = ExternalProcessorClient<tonic::transport::Channel>;
+pub(crate) type Client = ExternalProcessorClient<tonic::transport::Channel>;
 
-pub async fn connect(grpc: std::net::SocketAddr) -> Client {
+pub(crate) async fn connect(grpc: std::net::SocketAddr) -> Client {
     ExternalProcessorClient::connect(format!("http://{grpc}")).await.expect("connect")
 }
 
 /// One FULL_DUPLEX decision: headers + whole body, timed until the first answer (the decision).
-pub async fn decide(client: &Client, path: &str, body_bytes: &[u8]) -> (Duration, ProcessingResponse) {
+pub(crate) async fn decide(client: &Client, path: &str, body_bytes: &[u8]) -> (Duration, ProcessingResponse) {
     let mut client = client.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(headers(path, false, BodySendMode::FullDuplexStreamed, &[])).await.expect("send");

@@ -33,13 +33,13 @@ struct Shared {
     lists: std::sync::atomic::AtomicU64,
 }
 
-pub struct KubeApi {
+pub(crate) struct KubeApi {
     shared: Arc<Shared>,
     pub addr: SocketAddr,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub fn pod(ns: &str, name: &str, model: &str, ip: Option<&str>, ready: bool) -> Value {
+pub(crate) fn pod(ns: &str, name: &str, model: &str, ip: Option<&str>, ready: bool) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
@@ -67,7 +67,7 @@ fn matches(selector: &str, pod: &Value) -> bool {
 }
 
 impl KubeApi {
-    pub async fn start() -> KubeApi {
+    pub(crate) async fn start() -> KubeApi {
         let (changes, _) = broadcast::channel(100_000);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
@@ -94,19 +94,19 @@ impl KubeApi {
     }
 
     /// Gone: new connections refused, requests on open connections fail, watches end.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.shared.up.store(false, Ordering::SeqCst);
         if let Some(s) = self.server.take() {
             s.abort();
         }
     }
 
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.serve().await;
     }
 
     /// Creates or replaces a pod (ADDED or MODIFIED).
-    pub fn apply(&self, mut pod: Value) {
+    pub(crate) fn apply(&self, mut pod: Value) {
         let mut st = self.shared.store.lock().expect("store");
         st.rv += 1;
         let rv = st.rv;
@@ -120,7 +120,7 @@ impl KubeApi {
         let _ = self.shared.changes.send((rv, kind, pod));
     }
 
-    pub fn delete(&self, ns: &str, name: &str) {
+    pub(crate) fn delete(&self, ns: &str, name: &str) {
         let mut st = self.shared.store.lock().expect("store");
         let Some(mut pod) = st.pods.remove(&(ns.to_owned(), name.to_owned())) else { return };
         st.rv += 1;
@@ -131,19 +131,19 @@ impl KubeApi {
     }
 
     /// Forgets history: watches from an older resourceVersion now get 410 Gone.
-    pub fn compact(&self) {
+    pub(crate) fn compact(&self) {
         let mut st = self.shared.store.lock().expect("store");
         st.compacted = st.rv;
         st.history.clear();
     }
 
     /// How many list calls were served (a relist shows as one more).
-    pub fn lists(&self) -> u64 {
+    pub(crate) fn lists(&self) -> u64 {
         self.shared.lists.load(Ordering::SeqCst)
     }
 
     /// A kubeconfig pointing at this stand-in, namespace `ns`.
-    pub fn kubeconfig(&self, dir: &std::path::Path, ns: &str) -> std::path::PathBuf {
+    pub(crate) fn kubeconfig(&self, dir: &std::path::Path, ns: &str) -> std::path::PathBuf {
         let path = dir.join("kubeconfig");
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: stand-in\n    user: u\n    namespace: {ns}\ncurrent-context: c\n",

@@ -2,24 +2,25 @@
 //! metrics.
 #![allow(dead_code)]
 
-pub mod cluster;
-pub mod extproc;
-pub mod kube_api;
-pub mod procs;
+pub(crate) mod bins;
+pub(crate) mod cluster;
+pub(crate) mod extproc;
+pub(crate) mod kube_api;
+pub(crate) mod procs;
 
 use std::path::PathBuf;
 
-pub fn fixture_dir() -> PathBuf {
+pub(crate) fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3")
 }
 
 /// Sum of every sample of a metric family in Prometheus text (all label sets), 0 when absent.
-pub fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     metric_where(text, name, "")
 }
 
 /// Sum of the samples of `name` whose label set contains `label_fragment` (e.g. `pod="1.2.3.4:80"`).
-pub fn metric_where(text: &str, name: &str, label_fragment: &str) -> f64 {
+pub(crate) fn metric_where(text: &str, name: &str, label_fragment: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -33,6 +34,6 @@ pub fn metric_where(text: &str, name: &str, label_fragment: &str) -> f64 {
         .sum()
 }
 
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }

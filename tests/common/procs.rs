@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     /// The last `http://` address on the start-up line.
     pub addr: SocketAddr,
@@ -14,7 +14,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 }
@@ -27,12 +27,12 @@ impl Drop for Proc {
 }
 
 /// Starts a binary that prints `... listening on http://ADDR` on stdout once it serves.
-pub fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
+pub(crate) fn spawn_listening(bin: &str, args: &[&str]) -> Proc {
     spawn_listening_env(bin, args, &[])
 }
 
 /// As `spawn_listening`, with extra environment variables.
-pub fn spawn_listening_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+pub(crate) fn spawn_listening_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
@@ -56,16 +56,17 @@ pub fn spawn_listening_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Pr
     Proc { child, addr, line }
 }
 
-pub fn sim(extra: &[&str]) -> Proc {
+pub(crate) fn sim(extra: &[&str]) -> Proc {
     sim_at(0, extra)
 }
 
 /// A sim on a given port (0 = any), e.g. to bring a killed pod back on its address.
-pub fn sim_at(port: u16, extra: &[&str]) -> Proc {
+pub(crate) fn sim_at(port: u16, extra: &[&str]) -> Proc {
     let tok = super::fixture_dir();
     let tok = tok.to_str().expect("utf-8 path");
     let port = port.to_string();
     let mut args = vec!["--port", port.as_str(), "--model", "tiny-chat", "--tokenizer", tok];
     args.extend_from_slice(extra);
-    spawn_listening(env!("CARGO_BIN_EXE_vllm-sim"), &args)
+    let bin = super::bins::vllm_sim();
+    spawn_listening(bin.to_str().expect("utf-8 path"), &args)
 }

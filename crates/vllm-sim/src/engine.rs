@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub prefill_us_per_token: f64,
     pub decode_ms_per_token: f64,
     pub max_num_seqs: usize,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     state: Mutex<State>,
     wake: Notify,
     prefill: tokio::sync::Mutex<()>,
@@ -36,7 +36,7 @@ struct State {
 
 /// A request that holds a running slot and its KV blocks; both are returned on drop, so a client
 /// that disconnects mid-stream frees them too.
-pub struct Running {
+pub(crate) struct Running {
     engine: Arc<Engine>,
     alloc: Option<Allocation>,
     pub cached_tokens: usize,
@@ -44,7 +44,7 @@ pub struct Running {
 }
 
 impl Engine {
-    pub fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
+    pub(crate) fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
         let state = State { pool, waiting: VecDeque::new(), running: 0, next_id: 0, coming: HashMap::new() };
         Self { state: Mutex::new(state), wake: Notify::new(), prefill: tokio::sync::Mutex::new(()), timing, metrics }
     }
@@ -52,30 +52,30 @@ impl Engine {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the pool half-updated in a way later
         // requests could not use, so a poisoned lock is still good.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn capacity_tokens(&self, block_size: usize) -> usize {
+    pub(crate) fn capacity_tokens(&self, block_size: usize) -> usize {
         self.lock().pool.capacity() * block_size
     }
 
-    pub fn cached_blocks(&self, hashes: &[u64]) -> usize {
+    pub(crate) fn cached_blocks(&self, hashes: &[u64]) -> usize {
         self.lock().pool.cached_blocks(hashes)
     }
 
     /// Leading blocks of `hashes` the pool holds now or that a request queued or prefilling here
     /// is computing: what a request sent now would find once the requests ahead of it are done.
-    pub fn cached_or_coming_blocks(&self, hashes: &[u64]) -> usize {
+    pub(crate) fn cached_or_coming_blocks(&self, hashes: &[u64]) -> usize {
         let st = self.lock();
         hashes.iter().take_while(|h| st.pool.holds(**h) || st.coming.contains_key(h)).count()
     }
 
-    pub fn usage(&self) -> f64 {
+    pub(crate) fn usage(&self) -> f64 {
         self.lock().pool.usage()
     }
 
     /// Waits for a slot and room in the pool (first come, first served), then runs prefill.
-    pub async fn start(self: &Arc<Self>, hashes: &[u64], prompt_tokens: usize, output_tokens: usize) -> Running {
+    pub(crate) async fn start(self: &Arc<Self>, hashes: &[u64], prompt_tokens: usize, output_tokens: usize) -> Running {
         let arrived = Instant::now();
         let id = {
             let mut st = self.lock();
@@ -127,13 +127,13 @@ impl Engine {
         running
     }
 
-    pub fn decode_delay(&self) -> Duration {
+    pub(crate) fn decode_delay(&self) -> Duration {
         Duration::from_secs_f64(self.timing.decode_ms_per_token / 1e3)
     }
 }
 
 /// Sleeps, except for zero: tokio's timer would still wait for its next millisecond tick.
-pub async fn pause(d: Duration) {
+pub(crate) async fn pause(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }

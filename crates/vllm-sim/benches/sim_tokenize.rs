@@ -4,8 +4,9 @@
 //! `cargo bench --bench sim_tokenize` (env: SECONDS=5 per phase, CONCURRENCY=4).
 //! "per core" = requests per CPU-second the sim process used (read from /proc), so the client's
 //! own CPU on this 2-core machine does not count against the server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use prefix_router::hf::HfTokenizer;
+use hf_chat::HfTokenizer;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn main() {
     let secs: u64 = std::env::var("SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let concurrency: usize = std::env::var("CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/qwen3");
     let tok = HfTokenizer::from_dir(&dir).expect("fixture tokenizer");
     let prompts = Arc::new(prompts(&tok, 64));
     let tokens: usize =

@@ -228,7 +228,7 @@ fn text_of_parts(parts: &[Json]) -> Result<String, ChatError> {
     let mut texts = Vec::with_capacity(parts.len());
     for part in parts {
         match part.get("type").and_then(Json::as_str) {
-            Some("text") | Some("input_text") => {
+            Some("text" | "input_text") => {
                 let text = part
                     .get("text")
                     .and_then(Json::as_str)

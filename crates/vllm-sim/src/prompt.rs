@@ -2,11 +2,11 @@
 
 use super::error::SimError;
 use super::Sim;
-use crate::hf::ChatInput;
+use hf_chat::ChatInput;
 use serde_json::{Map, Value};
 
 /// A parsed generation or tokenize request.
-pub struct Prompted {
+pub(crate) struct Prompted {
     /// One token sequence per prompt (completions accept a batch).
     pub prompts: Vec<Vec<u32>>,
     /// `Some(adapter)` when the request names a LoRA adapter.
@@ -14,7 +14,7 @@ pub struct Prompted {
     pub cache_salt: Option<String>,
 }
 
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SimError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SimError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(SimError::BadRequest("the request body must be a JSON object".into())),
@@ -22,7 +22,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SimError> {
     }
 }
 
-pub fn opt_bool(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, SimError> {
+pub(crate) fn opt_bool(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, SimError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -39,16 +39,20 @@ fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>
 }
 
 impl Sim {
-    pub fn chat_tokens(&self, obj: &Map<String, Value>, add_special_default: bool) -> Result<Vec<u32>, SimError> {
+    pub(crate) fn chat_tokens(
+        &self,
+        obj: &Map<String, Value>,
+        add_special_default: bool,
+    ) -> Result<Vec<u32>, SimError> {
         let input = ChatInput::from_request(obj).map_err(|e| SimError::BadRequest(e.to_string()))?;
         let add_special = opt_bool(obj, "add_special_tokens", add_special_default)?;
         self.tokenizer.encode_chat(&input, add_special).map_err(|e| match e {
-            crate::hf::ChatError::Tokenize(m) => SimError::Internal(m),
+            hf_chat::ChatError::Tokenize(m) => SimError::Internal(m),
             other => SimError::BadRequest(other.to_string()),
         })
     }
 
-    pub fn text_tokens(&self, text: &str, add_special: bool) -> Result<Vec<u32>, SimError> {
+    pub(crate) fn text_tokens(&self, text: &str, add_special: bool) -> Result<Vec<u32>, SimError> {
         self.tokenizer.encode(text, add_special).map_err(SimError::Internal)
     }
 
@@ -61,7 +65,7 @@ impl Sim {
     }
 
     /// `/v1/completions`: prompt as a string, strings, token ids or lists of token ids.
-    pub fn completion_prompts(&self, obj: &Map<String, Value>) -> Result<Prompted, SimError> {
+    pub(crate) fn completion_prompts(&self, obj: &Map<String, Value>) -> Result<Prompted, SimError> {
         let add_special = opt_bool(obj, "add_special_tokens", true)?;
         let prompt = obj.get("prompt").ok_or_else(|| SimError::BadRequest("'prompt' is required".into()))?;
         let prompts = match prompt {
@@ -90,7 +94,7 @@ impl Sim {
     }
 
     /// `/v1/chat/completions`: the chat template applied as vLLM applies it.
-    pub fn chat_prompt(&self, obj: &Map<String, Value>) -> Result<Prompted, SimError> {
+    pub(crate) fn chat_prompt(&self, obj: &Map<String, Value>) -> Result<Prompted, SimError> {
         let tokens = self.chat_tokens(obj, false)?;
         self.finish(obj, vec![tokens])
     }
@@ -119,7 +123,7 @@ fn ids_of(items: &[Value]) -> Result<Vec<u32>, SimError> {
 impl Prompted {
     /// The hash seed that separates this request's blocks from equal tokens of another adapter
     /// or salt.
-    pub fn seed(&self) -> u64 {
+    pub(crate) fn seed(&self) -> u64 {
         let mut seed = 0u64;
         if let Some(lora) = &self.lora {
             seed = xxhash_rust::xxh3::xxh3_64_with_seed(lora.as_bytes(), seed ^ 1);

@@ -11,8 +11,8 @@ mod generate;
 mod metrics;
 mod prompt;
 
-use crate::hf::HfTokenizer;
 use clap::Parser;
+use hf_chat::HfTokenizer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("--tokenizer: {0}")]
-    Tokenizer(#[from] crate::hf::LoadError),
+    Tokenizer(#[from] hf_chat::LoadError),
     #[error("{0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -108,7 +108,7 @@ pub(crate) struct Sim {
 
 impl Sim {
     /// Resolves the requested model: `None` for the base model, `Some(name)` for a LoRA adapter.
-    pub fn resolve_model(&self, requested: Option<&str>) -> Result<Option<String>, error::SimError> {
+    pub(crate) fn resolve_model(&self, requested: Option<&str>) -> Result<Option<String>, error::SimError> {
         match requested {
             None => Ok(None),
             Some(m) if self.served.iter().any(|s| s == m) => Ok(None),
@@ -169,4 +169,28 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, api::router(sim)).with_graceful_shutdown(shutdown).await.map_err(StartError::Serve)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
 }

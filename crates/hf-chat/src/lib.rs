@@ -167,7 +167,7 @@ impl std::fmt::Debug for HfTokenizer {
 /// The Qwen3 tokenizer shipped beside the repository for tests and the demo.
 #[cfg(test)]
 pub(crate) fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen3")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/qwen3")
 }
 
 #[cfg(test)]
@@ -263,7 +263,7 @@ mod tests {
             "<<|im_start|>>",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let chats = [
             json!({"messages": [{"role": "system", "content": "You are terse."},

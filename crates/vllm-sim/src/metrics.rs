@@ -2,7 +2,7 @@
 
 use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
 
-pub struct SimMetrics {
+pub(crate) struct SimMetrics {
     registry: Registry,
     pub running: IntGauge,
     pub waiting: IntGauge,
@@ -17,7 +17,7 @@ pub struct SimMetrics {
 }
 
 impl SimMetrics {
-    pub fn new(model: &str, block_size: usize, num_gpu_blocks: usize) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(model: &str, block_size: usize, num_gpu_blocks: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model);
         let running = IntGauge::with_opts(opts("vllm:num_requests_running", "Requests running on the engine"))?;
@@ -75,14 +75,14 @@ impl SimMetrics {
         })
     }
 
-    pub fn record_admission(&self, prompt_tokens: usize, cached_tokens: usize, usage: f64) {
+    pub(crate) fn record_admission(&self, prompt_tokens: usize, cached_tokens: usize, usage: f64) {
         self.queries.inc_by(prompt_tokens as u64);
         self.hits.inc_by(cached_tokens as u64);
         self.prompt_tokens.inc_by(prompt_tokens as u64);
         self.kv_usage.set(usage);
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-pub fn router(sim: Arc<Sim>) -> Router {
+pub(crate) fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))

@@ -48,7 +48,7 @@ impl PrefixIndex {
                 by_pod.extend(holders.iter().map(|p| (*p, 1)));
                 advanced = !holders.is_empty();
             } else {
-                for (pod, n) in by_pod.iter_mut() {
+                for (pod, n) in &mut by_pod {
                     if *n == i && holders.contains(pod) {
                         *n += 1;
                         advanced = true;
@@ -86,7 +86,7 @@ impl PrefixIndex {
     /// Forgets everything about a pod that left discovery.
     pub fn remove_pod(&mut self, pod: PodId) {
         if let Some(lru) = self.pods.remove(&pod) {
-            for (h, ()) in lru.iter() {
+            for (h, ()) in &lru {
                 remove_holder(&mut self.blocks, *h, pod);
             }
         }

@@ -23,13 +23,13 @@ enum Kind {
     Chat,
 }
 
-pub async fn completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
+pub(crate) async fn completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
     let obj = parse_object(&body)?;
     let prompted = sim.completion_prompts(&obj)?;
     serve(sim, &obj, prompted, Kind::Completion, &body).await
 }
 
-pub async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
+pub(crate) async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Response, SimError> {
     let obj = parse_object(&body)?;
     let prompted = sim.chat_prompt(&obj)?;
     serve(sim, &obj, prompted, Kind::Chat, &body).await

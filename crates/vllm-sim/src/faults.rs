@@ -33,9 +33,9 @@ impl FaultSwitch {
         Self(RwLock::new(f))
     }
     pub fn get(&self) -> Faults {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
     pub fn set(&self, f: Faults) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = f;
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = f;
     }
 }

@@ -1,0 +1,114 @@
+//! What one ext_proc stream carries between phases, what every stream shares, and the one way a
+//! phase answers with an error. The leaf of the module: phases and the stream loop build on it.
+
+use super::errors::Reject;
+use crate::metrics::Metrics;
+use crate::routing::{Decision, Router};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How the router expects Envoy to send request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BodyMode {
+    /// Work it out from Envoy's `protocol_config` (BUFFERED when Envoy does not say).
+    Auto,
+    Buffered,
+    FullDuplex,
+}
+
+/// What every stream shares.
+pub struct Context {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub body_mode: BodyMode,
+    pub max_body_bytes: usize,
+    pub destination_header: String,
+    pub inflight_ttl: Duration,
+}
+
+/// How Envoy sends the request body on this stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Whole body in one message (BUFFERED, or BUFFERED_PARTIAL that fit).
+    Buffered,
+    /// Chunks; we answer only after the last, with the body streamed back.
+    FullDuplex,
+    /// No body will come (NONE): decide on headers.
+    NoBody,
+    Unsupported(i32),
+}
+
+impl Mode {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Mode::Buffered => "buffered",
+            Mode::FullDuplex => "full_duplex",
+            Mode::NoBody => "none",
+            Mode::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// Per-stream state, passed to each phase handler.
+pub(super) struct StreamState {
+    pub(super) ctx: Arc<Context>,
+    pub(super) mode: Mode,
+    pub(super) path: String,
+    pub(super) body: Vec<u8>,
+    /// The request body is complete (or the request was answered): later request chunks are ignored.
+    pub(super) request_done: bool,
+    pub(super) decision: Option<Decision>,
+    pub(super) guard_deadline: Option<Instant>,
+}
+
+impl StreamState {
+    pub(super) fn header(&self) -> &str {
+        &self.ctx.destination_header
+    }
+
+    pub(super) fn hold(&mut self, d: Decision) {
+        self.guard_deadline = Some(Instant::now() + self.ctx.inflight_ttl);
+        self.decision = Some(d);
+    }
+}
+
+pub(super) fn mode_of(ctx: &Context, req: &ProcessingRequest) -> Mode {
+    match ctx.body_mode {
+        BodyMode::Buffered => return Mode::Buffered,
+        BodyMode::FullDuplex => return Mode::FullDuplex,
+        BodyMode::Auto => {}
+    }
+    let Some(pc) = &req.protocol_config else {
+        return Mode::Buffered;
+    };
+    match BodySendMode::try_from(pc.request_body_mode) {
+        Ok(BodySendMode::Buffered | BodySendMode::BufferedPartial) => Mode::Buffered,
+        Ok(BodySendMode::FullDuplexStreamed) => Mode::FullDuplex,
+        Ok(BodySendMode::None) => Mode::NoBody,
+        _ => Mode::Unsupported(pc.request_body_mode),
+    }
+}
+
+impl StreamState {
+    pub(super) fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            mode: Mode::Buffered,
+            path: String::new(),
+            body: Vec::new(),
+            request_done: false,
+            decision: None,
+            guard_deadline: None,
+        }
+    }
+}
+
+/// Answers the request with an error (counted; logged at debug, without the prompt).
+pub(super) fn reject(st: &StreamState, r: Reject) -> Vec<ProcessingResponse> {
+    st.ctx.metrics.rejections.with_label_values(&[&r.status().to_string()]).inc();
+    tracing::debug!(status = r.status(), reason = %r, "request answered by the router");
+    vec![r.to_response()]
+}
