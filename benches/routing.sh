@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY_BIN=$(bash .ci/envoy.sh)
 export ENVOY_BIN
+cargo build --locked --release -p vllm-sim --bins
 cargo bench --locked --bench routing

@@ -13,6 +13,9 @@ pub mod server;
 pub mod telemetry;
 pub mod tokenizer;
 
+#[cfg(test)]
+mod testkit;
+
 /// The Qwen3 tokenizer shipped beside the repository, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_fixture_dir() -> std::path::PathBuf {

@@ -1,4 +1,4 @@
-//! Logging set-up and process signals shared by both binaries.
+//! Logging set-up and process signals for the router binary.
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init() {

@@ -47,3 +47,6 @@ impl ExternalProcessor for ExtProc {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests;

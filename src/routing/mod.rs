@@ -266,3 +266,6 @@ fn make_policy(cfg: &RoutingConfig) -> Box<dyn Policy> {
         PolicyKind::LeastLoad => Box::new(LeastLoad),
     }
 }
+
+#[cfg(test)]
+mod tests;

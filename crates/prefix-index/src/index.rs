@@ -135,13 +135,17 @@ mod tests {
         let m = idx.lookup(&[1, 2, 3, 5]);
         assert_eq!((m.get(A), m.get(B), m.best()), (3, 2, 3));
         assert_eq!(idx.lookup(&[7, 1, 2]).best(), 0, "a gap at the start matches nothing");
-        // A holds block 3 but not 2: no credit past the gap.
+    }
+
+    #[test]
+    fn a_gap_ends_a_pods_match_while_others_go_on() {
+        // B holds blocks 1 and 3 but not 2; A holds all three, so the walk goes past block 2.
         let mut gap = PrefixIndex::new(100);
-        gap.record(A, &[1]);
         gap.record(A, &[1, 2, 3]);
-        gap.record(B, &[1, 2]);
-        gap.remove_pod(A);
-        assert_eq!(gap.lookup(&[1, 2, 3]).get(B), 2);
+        gap.record(B, &[1]);
+        gap.record(B, &[3]);
+        let m = gap.lookup(&[1, 2, 3]);
+        assert_eq!((m.get(A), m.get(B)), (3, 1), "no credit for B's block 3 past its gap");
     }
 
     #[test]

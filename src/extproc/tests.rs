@@ -1,0 +1,235 @@
+//! The stream state machine in-process: messages in the order Envoy sends them, answers read off
+//! the channel `stream::run` writes to. Covers at the protocol level what the Envoy tests cover
+//! through a real proxy (both body modes, a repeated end-of-stream, trailers, header-only
+//! requests, errors, sanitization), in milliseconds.
+
+use super::*;
+use crate::testkit::{kit, routing_config, spec, Kit};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    body_mutation::Mutation, processing_request::Request, processing_response::Response, CommonResponse, HttpBody,
+    HttpHeaders, HttpTrailers, ProtocolConfiguration,
+};
+use std::time::Duration;
+use tonic::Status;
+
+const HEADER: &str = "x-gateway-destination-endpoint";
+
+fn headers(path: &str, end_of_stream: bool, mode: BodySendMode, extra: &[(&str, &str)]) -> ProcessingRequest {
+    let mut hs = vec![(":method", "POST"), (":path", path)];
+    hs.extend_from_slice(extra);
+    ProcessingRequest {
+        protocol_config: Some(ProtocolConfiguration { request_body_mode: mode as i32, ..Default::default() }),
+        request: Some(Request::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: hs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).into(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Request::RequestBody(HttpBody { body: bytes.to_vec(), end_of_stream, ..Default::default() })),
+        ..Default::default()
+    }
+}
+
+fn trailers() -> ProcessingRequest {
+    ProcessingRequest { request: Some(Request::RequestTrailers(HttpTrailers::default())), ..Default::default() }
+}
+
+/// Runs one stream over `msgs` to its end and returns every answer.
+async fn exchange(k: &Kit, mode: BodyMode, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let inbound = futures::stream::iter(msgs.into_iter().map(Ok::<_, Status>));
+    run(k.context(mode, 1 << 20), inbound, tx).await;
+    let mut out = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        out.push(r.expect("no gRPC error"));
+    }
+    out
+}
+
+fn common(r: &ProcessingResponse) -> Option<&CommonResponse> {
+    match &r.response {
+        Some(Response::RequestHeaders(h)) => h.response.as_ref(),
+        Some(Response::RequestBody(b)) => b.response.as_ref(),
+        _ => None,
+    }
+}
+
+fn destination(r: &ProcessingResponse) -> Option<String> {
+    let set = common(r)?.header_mutation.as_ref()?.set_headers.first()?;
+    let h = set.header.as_ref()?;
+    (h.key == HEADER).then(|| String::from_utf8_lossy(&h.raw_value).into_owned())
+}
+
+fn removes_destination(r: &ProcessingResponse) -> bool {
+    common(r).and_then(|c| c.header_mutation.as_ref()).is_some_and(|m| m.remove_headers.iter().any(|h| h == HEADER))
+}
+
+fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
+    match common(r)?.body_mutation.as_ref()?.mutation.as_ref()? {
+        Mutation::StreamedResponse(s) => Some((s.body.len(), s.end_of_stream)),
+        _ => None,
+    }
+}
+
+fn status(r: &ProcessingResponse) -> Option<(i32, serde_json::Value)> {
+    let Some(Response::ImmediateResponse(i)) = &r.response else { return None };
+    Some((i.status.as_ref()?.code, serde_json::from_slice(&i.body).ok()?))
+}
+
+fn completion(prompt: &str) -> Vec<u8> {
+    serde_json::json!({"model": "m", "prompt": prompt}).to_string().into_bytes()
+}
+
+#[tokio::test]
+async fn full_duplex_answers_only_after_the_body_and_ignores_a_repeated_end_of_stream() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let payload = completion(&"x".repeat(150_000));
+    let (a, b) = payload.split_at(70_000);
+    let out = exchange(
+        &k,
+        BodyMode::Auto,
+        vec![
+            headers("/v1/completions", false, BodySendMode::FullDuplexStreamed, &[(HEADER, "6.6.6.6:1")]),
+            body(a, false),
+            body(b, true),
+            body(b"", true),
+        ],
+    )
+    .await;
+    assert!(matches!(out[0].response, Some(Response::RequestHeaders(_))), "headers response first");
+    let dest = destination(&out[0]).expect("a destination");
+    assert!(dest.starts_with("10.0.0."), "{dest}");
+    assert!(out[0].dynamic_metadata.is_some(), "envoy.lb metadata");
+    let chunks: Vec<(usize, bool)> = out[1..].iter().map(|r| streamed(r).expect("streamed body")).collect();
+    assert_eq!(chunks.iter().map(|c| c.0).sum::<usize>(), payload.len(), "the body goes back whole");
+    assert!(chunks.iter().all(|c| c.0 <= MAX_CHUNK));
+    assert_eq!(chunks.iter().filter(|c| c.1).count(), 1, "end_of_stream once: {chunks:?}");
+    assert!(chunks.last().is_some_and(|c| c.1));
+}
+
+#[tokio::test]
+async fn buffered_strips_a_client_destination_then_decides_in_the_body_response() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let out = exchange(
+        &k,
+        BodyMode::Auto,
+        vec![
+            headers("/v1/completions", false, BodySendMode::Buffered, &[(HEADER, "6.6.6.6:1")]),
+            body(&completion("hello there"), true),
+        ],
+    )
+    .await;
+    assert_eq!(out.len(), 2);
+    assert!(removes_destination(&out[0]), "the client's header is removed at once");
+    assert!(destination(&out[0]).is_none());
+    assert!(matches!(out[1].response, Some(Response::RequestBody(_))));
+    assert!(destination(&out[1]).is_some_and(|d| d.starts_with("10.0.0.")));
+    assert!(common(&out[1]).is_some_and(|c| c.clear_route_cache));
+}
+
+#[tokio::test]
+async fn trailers_end_a_full_duplex_body_and_get_their_own_answer() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let out = exchange(
+        &k,
+        BodyMode::FullDuplex,
+        vec![
+            headers("/v1/completions", false, BodySendMode::FullDuplexStreamed, &[]),
+            body(&completion("hi"), false),
+            trailers(),
+        ],
+    )
+    .await;
+    assert!(destination(&out[0]).is_some());
+    assert_eq!(streamed(&out[1]), Some((completion("hi").len(), false)), "body handed back without end_of_stream");
+    assert!(matches!(out.last().and_then(|r| r.response.as_ref()), Some(Response::RequestTrailers(_))));
+}
+
+#[tokio::test]
+async fn a_header_only_request_is_routed_at_once_in_either_mode() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    for mode in [BodySendMode::Buffered, BodySendMode::FullDuplexStreamed] {
+        let out = exchange(&k, BodyMode::Auto, vec![headers("/v1/models", true, mode, &[])]).await;
+        assert_eq!(out.len(), 1, "{mode:?}");
+        assert!(destination(&out[0]).is_some(), "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn errors_are_openai_json_with_the_right_status_in_both_modes() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let cases: [(&[u8], i32, &str); 4] = [
+        (b"{not json", 400, "invalid_json"),
+        (br#"{"prompt": "no model"}"#, 400, "missing_model"),
+        (br#"{"model": "other", "prompt": "x"}"#, 404, "model_not_found"),
+        (br#"{"model": "m"}"#, 400, "invalid_request"),
+    ];
+    for mode in [BodySendMode::Buffered, BodySendMode::FullDuplexStreamed] {
+        for (payload, code, kind) in cases {
+            let out =
+                exchange(&k, BodyMode::Auto, vec![headers("/v1/completions", false, mode, &[]), body(payload, true)])
+                    .await;
+            let (got, json) = out.iter().find_map(status).unwrap_or_else(|| panic!("{mode:?} {kind}: {out:?}"));
+            assert_eq!((got, json["error"]["code"].as_str()), (code, Some(kind)), "{mode:?}");
+            assert!(out.iter().all(|r| destination(r).is_none()), "no destination with an error");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_by_content_length_or_by_size() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let out = exchange(
+        &k,
+        BodyMode::Auto,
+        vec![headers("/v1/completions", false, BodySendMode::Buffered, &[("content-length", "99999999")])],
+    )
+    .await;
+    assert_eq!(out.iter().find_map(status).map(|s| s.0), Some(413));
+    let big = vec![b'x'; (1 << 20) + 1];
+    let out = exchange(
+        &k,
+        BodyMode::Auto,
+        vec![
+            headers("/v1/completions", false, BodySendMode::FullDuplexStreamed, &[]),
+            body(&big, false),
+            body(b"}", true),
+        ],
+    )
+    .await;
+    assert_eq!(out.iter().filter_map(status).map(|s| s.0).collect::<Vec<_>>(), vec![413], "answered once");
+}
+
+#[tokio::test]
+async fn the_in_flight_count_lasts_as_long_as_the_stream() {
+    let k = kit(vec![spec("m", 1)], routing_config());
+    let (tx_in, rx_in) = mpsc::channel::<Result<ProcessingRequest, Status>>(8);
+    let (tx, mut rx) = mpsc::channel(8);
+    let task =
+        tokio::spawn(run(k.context(BodyMode::Auto, 1 << 20), tokio_stream::wrappers::ReceiverStream::new(rx_in), tx));
+    tx_in.send(Ok(headers("/v1/completions", false, BodySendMode::Buffered, &[]))).await.expect("send");
+    tx_in.send(Ok(body(&completion("hi"), true))).await.expect("send");
+    let _ = rx.recv().await;
+    let _ = rx.recv().await;
+    let pod = std::sync::Arc::clone(&k.registry.snapshot().models["m"].endpoints[0]);
+    assert_eq!(pod.inflight(), 1, "counted while the response is under way");
+    drop(tx_in);
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stream ends").expect("no panic");
+    assert_eq!(pod.inflight(), 0, "released when the stream ends");
+}

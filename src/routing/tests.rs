@@ -1,0 +1,102 @@
+//! `Router` in-process, with a scripted tokenizer: decisions, typed errors, purge and in-flight
+//! guards, in milliseconds.
+
+use super::*;
+use crate::testkit::{completion, kit, routing_config, spec};
+use std::sync::atomic::Ordering;
+
+fn prompt(n: usize) -> String {
+    format!("{}{}", "shared system prompt ".repeat(8), n)
+}
+
+#[tokio::test]
+async fn a_conversation_stays_on_its_pod_and_new_prompts_spread_on_load() {
+    let k = kit(vec![spec("m", 4)], routing_config());
+    let first = k.router.route(&completion("m", &prompt(1))).await.expect("routed");
+    assert_eq!(first.outcome, Outcome::Miss);
+    let pod = first.endpoints[0].addr;
+    // Same prefix, first decision still in flight: the cached prefix outweighs one request of load.
+    let again = k.router.route(&completion("m", &format!("{} and more", prompt(1)))).await.expect("routed");
+    assert_eq!((again.endpoints[0].addr, again.outcome), (pod, Outcome::PrefixHit));
+    // An unrelated prompt goes to an idle pod, not the busy one.
+    let other = k.router.route(&completion("m", "something else entirely, long enough")).await.expect("routed");
+    assert_ne!(other.endpoints[0].addr, pod);
+    assert_eq!(k.tokenizer.calls.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn unknown_models_unready_models_and_an_unsynced_registry_are_typed_errors() {
+    let k = kit(vec![spec("m", 2), spec("empty", 0)], routing_config());
+    assert_eq!(
+        k.router.route(&completion("nope", "hi")).await.map(|_| ()),
+        Err(RouteError::UnknownModel("nope".into()))
+    );
+    assert_eq!(
+        k.router.route(&completion("empty", "hi")).await.map(|_| ()),
+        Err(RouteError::NoReadyEndpoint("empty".into()))
+    );
+    let unsynced = Router::new(
+        Arc::new(Registry::new()),
+        Arc::clone(&k.tokenizer) as Arc<dyn Tokenize>,
+        routing_config(),
+        Arc::clone(&k.metrics),
+    );
+    assert_eq!(unsynced.route(&completion("m", "hi")).await.map(|_| ()), Err(RouteError::NotSynced));
+    assert_eq!(unsynced.route_anywhere().map(|_| ()), Err(RouteError::NotSynced));
+}
+
+#[tokio::test]
+async fn a_tokenizer_failure_still_routes_on_load() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let d = k.router.route(&completion("m", "FAIL please")).await.expect("routed despite the tokenizer");
+    assert_eq!(d.outcome, Outcome::LoadOnly, "no tokens: placed on load");
+}
+
+#[tokio::test]
+async fn the_guard_counts_until_dropped_and_the_cap_refuses_when_every_pod_is_full() {
+    let mut cfg = routing_config();
+    cfg.max_inflight_per_pod = 1;
+    let k = kit(vec![spec("m", 2)], cfg);
+    let a = k.router.route(&completion("m", &prompt(1))).await.expect("routed");
+    assert_eq!(a.endpoints[0].inflight(), 1);
+    let b = k.router.route(&completion("m", &prompt(1))).await.expect("the other pod");
+    assert_ne!(a.endpoints[0].addr, b.endpoints[0].addr, "a full pod is not a candidate");
+    assert_eq!(k.router.route(&completion("m", &prompt(1))).await.map(|_| ()), Err(RouteError::Overloaded("m".into())));
+    let freed = a.endpoints[0].addr;
+    drop(a);
+    let c = k.router.route(&completion("m", &prompt(1))).await.expect("room again");
+    assert_eq!(c.endpoints[0].addr, freed);
+}
+
+#[tokio::test]
+async fn purge_forgets_pods_that_left_and_their_conversations_move() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let first = k.router.route(&completion("m", &prompt(7))).await.expect("routed");
+    let gone = first.endpoints[0].addr;
+    drop(first);
+    // The pod that held the prefix leaves discovery.
+    let mut remaining = spec("m", 2);
+    remaining.endpoints.retain(|e| e.addr != gone);
+    k.registry.publish(vec![remaining]);
+    k.router.purge(&k.registry.snapshot());
+    let sample = k.router.sample();
+    assert_eq!(sample.index_blocks.len(), 1, "only the live pod is sampled");
+    let next = k.router.route(&completion("m", &prompt(7))).await.expect("routed");
+    assert_ne!(next.endpoints[0].addr, gone);
+    assert_eq!(next.outcome, Outcome::Miss, "nothing of the gone pod's index is left to match");
+}
+
+#[tokio::test]
+async fn fallbacks_follow_the_primary_and_requests_without_a_model_go_anywhere() {
+    let mut cfg = routing_config();
+    cfg.fallbacks = 2;
+    let k = kit(vec![spec("m", 3)], cfg);
+    let d = k.router.route(&completion("m", &prompt(3))).await.expect("routed");
+    assert_eq!(d.endpoints.len(), 3);
+    let dest = d.destination();
+    assert_eq!(dest.split(',').count(), 3, "{dest}");
+    assert_eq!(d.endpoints[0].inflight(), 1, "only the primary is counted");
+    assert_eq!(d.endpoints[1].inflight(), 0);
+    let any = k.router.route_anywhere().expect("any pod");
+    assert_eq!(any.outcome, Outcome::LoadOnly);
+}
