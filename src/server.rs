@@ -138,8 +138,9 @@ pub async fn run(
         destination_header: cfg.destination_header.clone(),
         inflight_ttl: cfg.inflight_ttl,
     });
-    // Room for the largest body we accept plus the message around it.
-    let max_msg = cfg.max_body_bytes.saturating_add(1 << 20);
+    // Room for twice the largest body we accept: a body somewhat over the limit still decodes and
+    // gets the router's own 413; past this, the decode error is answered 413 as well.
+    let max_msg = cfg.max_body_bytes.saturating_mul(2).saturating_add(1 << 20);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

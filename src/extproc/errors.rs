@@ -19,9 +19,25 @@ pub enum Reject {
     BodyTooLarge { limit: usize },
     #[error("The router cannot handle ext_proc body mode {0}; configure BUFFERED or FULL_DUPLEX_STREAMED.")]
     UnsupportedMode(i32),
+    #[error("The request body cannot be routed without seeing it (ext_proc body mode NONE with several models); configure BUFFERED or FULL_DUPLEX_STREAMED.")]
+    BodyNotSent,
+    #[error("The router could not read the request: {0}")]
+    Unreadable(String),
+    #[error("The request ended before its body was complete.")]
+    Incomplete,
 }
 
 impl Reject {
+    /// What an inbound stream error means for the request: a message over the gRPC decode limit
+    /// is a body too large (the limit sits above `--max-body-bytes`, so the router's own check
+    /// comes first); anything else is a request the router could not read.
+    pub(crate) fn from_stream_error(status: &tonic::Status, max_body_bytes: usize) -> Self {
+        match status.code() {
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Reject::BodyTooLarge { limit: max_body_bytes },
+            _ => Reject::Unreadable(status.message().chars().take(200).collect()),
+        }
+    }
+
     /// (HTTP status, OpenAI error type, code)
     fn classify(&self) -> (u16, &'static str, &'static str) {
         match self {
@@ -36,7 +52,9 @@ impl Reject {
             }
             Reject::Route(RouteError::Overloaded(_)) => (429, "rate_limit_exceeded", "overloaded"),
             Reject::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
-            Reject::UnsupportedMode(_) => (500, "internal_error", "unsupported_body_mode"),
+            Reject::UnsupportedMode(_) | Reject::BodyNotSent => (500, "internal_error", "unsupported_body_mode"),
+            Reject::Unreadable(_) => (400, "invalid_request_error", "unreadable_request"),
+            Reject::Incomplete => (400, "invalid_request_error", "incomplete_request"),
         }
     }
 
@@ -83,6 +101,9 @@ mod tests {
             (RouteError::Overloaded("m".into()).into(), 429),
             (RouteError::NoReadyEndpoint("m".into()).into(), 503),
             (Reject::UnsupportedMode(1), 500),
+            (Reject::BodyNotSent, 500),
+            (Reject::Unreadable("x".into()), 400),
+            (Reject::Incomplete, 400),
         ];
         for (reject, status) in cases {
             let Some(Response::ImmediateResponse(ir)) = reject.to_response().response else { panic!("immediate") };

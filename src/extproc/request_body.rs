@@ -25,22 +25,25 @@ pub(super) async fn handle(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingR
     }
     match st.mode {
         Mode::FullDuplex if !b.end_of_stream => Vec::new(),
-        Mode::Buffered if !b.end_of_stream => {
+        Mode::Buffered if !b.end_of_stream && st.partial => {
             // BUFFERED_PARTIAL cut the body at Envoy's buffer limit: we cannot see all of it.
             st.request_done = true;
             reject(st, Reject::BodyTooLarge { limit: st.body.len() })
         }
+        // BUFFERED with trailers: the whole body comes without end-of-stream, the trailers end it.
+        Mode::Buffered if !b.end_of_stream => Vec::new(),
         _ => finish(st, true).await,
     }
 }
 
-/// FULL_DUPLEX with trailers: the trailers end the request instead of a body end-of-stream.
+/// A request with trailers: they end the body instead of a body end-of-stream (both modes).
 pub(super) async fn trailers(st: &mut StreamState) -> Vec<ProcessingResponse> {
     if st.request_done {
         return vec![mutations::continue_trailers(true)];
     }
     let mut out = finish(st, false).await;
-    if st.mode == Mode::FullDuplex && out.len() > 1 {
+    // The body's answer (the decision) comes first, then the trailers' own; an error ends it all.
+    if st.decision.is_some() {
         out.push(mutations::continue_trailers(true));
     }
     out

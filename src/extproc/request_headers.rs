@@ -26,6 +26,11 @@ pub(super) fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResp
         st.request_done = true;
         return reject(st, Reject::BodyTooLarge { limit: st.ctx.max_body_bytes });
     }
+    if st.mode == Mode::NoBody && !h.end_of_stream && st.ctx.router.model_count() > 1 {
+        // A body follows that we will never see: which model it names is unknowable.
+        st.request_done = true;
+        return reject(st, Reject::BodyNotSent);
+    }
     if h.end_of_stream || st.mode == Mode::NoBody {
         st.request_done = true;
         return match st.ctx.router.route_anywhere() {

@@ -56,6 +56,8 @@ impl Mode {
 pub(super) struct StreamState {
     pub(super) ctx: Arc<Context>,
     pub(super) mode: Mode,
+    pub(super) partial: bool,
+    pub(super) response_streamed: bool,
     pub(super) path: String,
     pub(super) body: Vec<u8>,
     /// The request body is complete (or the request was answered): later request chunks are ignored.
@@ -75,21 +77,34 @@ impl StreamState {
     }
 }
 
-pub(super) fn mode_of(ctx: &Context, req: &ProcessingRequest) -> Mode {
-    match ctx.body_mode {
-        BodyMode::Buffered => return Mode::Buffered,
-        BodyMode::FullDuplex => return Mode::FullDuplex,
-        BodyMode::Auto => {}
-    }
-    let Some(pc) = &req.protocol_config else {
-        return Mode::Buffered;
+/// How Envoy sends this stream's bodies, from its `protocol_config` (the first message carries it)
+/// or, for the request body, the configured mode.
+pub(super) struct Modes {
+    pub(super) request: Mode,
+    /// BUFFERED_PARTIAL: a body without end-of-stream was cut at Envoy's buffer limit (rather than
+    /// followed by trailers).
+    pub(super) partial: bool,
+    /// The response body comes in FULL_DUPLEX_STREAMED chunks, each to be handed back.
+    pub(super) response_streamed: bool,
+}
+
+pub(super) fn modes_of(ctx: &Context, req: &ProcessingRequest) -> Modes {
+    let pc = req.protocol_config.as_ref();
+    let request_mode = pc.map(|pc| BodySendMode::try_from(pc.request_body_mode));
+    let partial = matches!(request_mode, Some(Ok(BodySendMode::BufferedPartial)));
+    let response_streamed =
+        pc.is_some_and(|pc| BodySendMode::try_from(pc.response_body_mode) == Ok(BodySendMode::FullDuplexStreamed));
+    let request = match (ctx.body_mode, request_mode) {
+        (BodyMode::Buffered, _) | (BodyMode::Auto, None) => Mode::Buffered,
+        (BodyMode::FullDuplex, _) => Mode::FullDuplex,
+        (BodyMode::Auto, Some(m)) => match m {
+            Ok(BodySendMode::Buffered | BodySendMode::BufferedPartial) => Mode::Buffered,
+            Ok(BodySendMode::FullDuplexStreamed) => Mode::FullDuplex,
+            Ok(BodySendMode::None) => Mode::NoBody,
+            _ => Mode::Unsupported(pc.map_or(0, |pc| pc.request_body_mode)),
+        },
     };
-    match BodySendMode::try_from(pc.request_body_mode) {
-        Ok(BodySendMode::Buffered | BodySendMode::BufferedPartial) => Mode::Buffered,
-        Ok(BodySendMode::FullDuplexStreamed) => Mode::FullDuplex,
-        Ok(BodySendMode::None) => Mode::NoBody,
-        _ => Mode::Unsupported(pc.request_body_mode),
-    }
+    Modes { request, partial, response_streamed }
 }
 
 impl StreamState {
@@ -97,6 +112,8 @@ impl StreamState {
         Self {
             ctx,
             mode: Mode::Buffered,
+            partial: false,
+            response_streamed: false,
             path: String::new(),
             body: Vec::new(),
             request_done: false,

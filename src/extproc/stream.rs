@@ -2,7 +2,8 @@
 //! request's in-flight guard, so the count is released when the stream ends (response done,
 //! client gone, Envoy reset) or the safety TTL passes.
 
-use super::state::{mode_of, Context, StreamState};
+use super::errors::Reject;
+use super::state::{modes_of, reject as reject_now, Context, StreamState};
 use super::{mutations, request_body, request_headers, response};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request, ProcessingRequest, ProcessingResponse,
@@ -32,10 +33,29 @@ where
                 continue;
             }
         };
-        // None: Envoy closed the stream; Err: it reset it (normal when the HTTP request ends).
-        let Ok(Some(msg)) = next else { break };
+        let msg = match next {
+            Ok(Some(msg)) => msg,
+            // Envoy closed or reset the stream (normal once the HTTP request is over). A request not
+            // yet decided is answered anyway: a stream that ends without a decision reads to Envoy
+            // as "continue unmodified", which would send the request on unrouted.
+            end => {
+                let reject = match end {
+                    Err(status) => Reject::from_stream_error(&status, st.ctx.max_body_bytes),
+                    Ok(_) => Reject::Incomplete,
+                };
+                if !st.request_done {
+                    st.request_done = true;
+                    tracing::debug!(%reject, "ext_proc stream ended before a decision");
+                    for r in reject_now(&st, reject) {
+                        let _ = tx.send(Ok(r)).await;
+                    }
+                }
+                break;
+            }
+        };
         if first {
-            st.mode = mode_of(&st.ctx, &msg);
+            let modes = modes_of(&st.ctx, &msg);
+            (st.mode, st.partial, st.response_streamed) = (modes.request, modes.partial, modes.response_streamed);
             st.ctx.metrics.streams.with_label_values(&[st.mode.label()]).inc();
             first = false;
         }

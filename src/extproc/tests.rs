@@ -233,3 +233,102 @@ async fn the_in_flight_count_lasts_as_long_as_the_stream() {
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stream ends").expect("no panic");
     assert_eq!(pod.inflight(), 0, "released when the stream ends");
 }
+
+fn failing(
+    k: &Kit,
+    mode: BodySendMode,
+    before: Vec<ProcessingRequest>,
+    error: Status,
+) -> impl std::future::Future<Output = Vec<ProcessingResponse>> + '_ {
+    let msgs: Vec<Result<ProcessingRequest, Status>> = before.into_iter().map(Ok).chain([Err(error)]).collect();
+    let _ = mode;
+    async move {
+        let (tx, mut rx) = mpsc::channel(64);
+        run(k.context(BodyMode::Auto, 1 << 20), futures::stream::iter(msgs), tx).await;
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r.expect("no gRPC error"));
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn a_stream_error_before_the_decision_is_answered_never_passed_through() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let spoof = [(HEADER, "6.6.6.6:1")];
+    for mode in [BodySendMode::Buffered, BodySendMode::FullDuplexStreamed] {
+        let cases = [
+            (Status::out_of_range("decoded message length too large"), 413),
+            (Status::internal("failed to decode Protobuf message"), 400),
+            (Status::cancelled("reset"), 400),
+        ];
+        for (error, code) in cases {
+            let before = vec![headers("/v1/completions", false, mode, &spoof), body(b"{\"model\":", false)];
+            let out = failing(&k, mode, before, error.clone()).await;
+            let statuses: Vec<i32> = out.iter().filter_map(status).map(|s| s.0).collect();
+            assert_eq!(statuses, vec![code], "{mode:?} {error:?}: {out:?}");
+            assert!(out.iter().all(|r| destination(r).is_none()), "never a destination");
+        }
+        // Envoy half-closes before the body ended: answered too.
+        let out =
+            exchange(&k, BodyMode::Auto, vec![headers("/v1/completions", false, mode, &spoof), body(b"{", false)])
+                .await;
+        assert_eq!(out.iter().filter_map(status).map(|s| s.0).collect::<Vec<_>>(), vec![400], "{mode:?}");
+    }
+    // After the decision, a reset is the normal end of a request: nothing more is sent.
+    let before = vec![headers("/v1/completions", false, BodySendMode::Buffered, &[]), body(&completion("hi"), true)];
+    let out = failing(&k, BodySendMode::Buffered, before, Status::cancelled("reset")).await;
+    assert!(out.iter().all(|r| status(r).is_none()), "{out:?}");
+}
+
+#[tokio::test]
+async fn body_mode_none_with_several_models_refuses_rather_than_guess_the_model() {
+    let k = kit(vec![spec("m", 2), spec("other", 2)], routing_config());
+    let out = exchange(&k, BodyMode::Auto, vec![headers("/v1/completions", false, BodySendMode::None, &[])]).await;
+    assert_eq!(out.iter().find_map(status).map(|s| s.0), Some(500));
+    let single = kit(vec![spec("m", 2)], routing_config());
+    let out = exchange(&single, BodyMode::Auto, vec![headers("/v1/completions", false, BodySendMode::None, &[])]).await;
+    assert!(destination(&out[0]).is_some(), "one model: its pods are the only choice");
+}
+
+#[tokio::test]
+async fn buffered_with_trailers_decides_when_the_trailers_end_the_body() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let out = exchange(
+        &k,
+        BodyMode::Auto,
+        vec![
+            headers("/v1/completions", false, BodySendMode::Buffered, &[]),
+            body(&completion("hi"), false),
+            trailers(),
+        ],
+    )
+    .await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out.iter().all(|r| status(r).is_none()), "not a 413: {out:?}");
+    assert!(matches!(out[1].response, Some(Response::RequestBody(_))) && destination(&out[1]).is_some());
+    assert!(matches!(out[2].response, Some(Response::RequestTrailers(_))));
+}
+
+#[tokio::test]
+async fn the_response_body_is_answered_in_the_response_s_own_mode() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let mut first = headers("/v1/completions", false, BodySendMode::Buffered, &[]);
+    if let Some(pc) = first.protocol_config.as_mut() {
+        pc.response_body_mode = BodySendMode::FullDuplexStreamed as i32;
+    }
+    let response_body = ProcessingRequest {
+        request: Some(Request::ResponseBody(HttpBody {
+            body: b"data: x".to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let out = exchange(&k, BodyMode::Auto, vec![first, body(&completion("hi"), true), response_body]).await;
+    let last = out.last().expect("an answer");
+    let Some(Response::ResponseBody(b)) = &last.response else { panic!("{last:?}") };
+    let mutation = b.response.as_ref().and_then(|c| c.body_mutation.as_ref()).and_then(|m| m.mutation.as_ref());
+    assert!(matches!(mutation, Some(Mutation::StreamedResponse(s)) if s.body == b"data: x" && s.end_of_stream));
+}

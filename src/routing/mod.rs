@@ -175,6 +175,11 @@ impl Router {
         self.tokenizer.tokenize(model, req).await.map_err(|_| RouteError::NoReadyEndpoint(req.model.clone()))
     }
 
+    /// Models discovery knows now.
+    pub fn model_count(&self) -> usize {
+        self.registry.snapshot().models.len()
+    }
+
     /// Routes a request that names no model (no body, or a body without one) to any ready pod,
     /// on load alone.
     pub fn route_anywhere(&self) -> Result<Decision, RouteError> {
