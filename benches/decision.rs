@@ -33,6 +33,7 @@ fn router(pods: usize) -> Router {
         index_blocks_per_pod: 65_536,
         fallbacks: 0,
         max_inflight_per_pod: 0,
+        trust_request_chat_template: false,
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     Router::new(registry, Arc::new(LocalTokenizer::new(4, None)), cfg, metrics)

@@ -230,10 +230,10 @@ fn local_chat_pieces(tok_dir: &str) {
         let cache = Arc::new(TokenCache::new(64 << 20));
         let pieces = LocalTokenizer::new(4, Some(PieceCache { cache, metrics: Arc::new(Metrics::new().expect("m")) }));
         let t = Instant::now();
-        let a: Vec<_> = turns.iter().map(|r| whole.tokenize_now(&model, r)).collect();
+        let a: Vec<_> = turns.iter().map(|r| whole.tokenize_now(&model, r).expect("tokens")).collect();
         whole_time += t.elapsed();
         let t = Instant::now();
-        let b: Vec<_> = turns.iter().map(|r| pieces.tokenize_now(&model, r)).collect();
+        let b: Vec<_> = turns.iter().map(|r| pieces.tokenize_now(&model, r).expect("tokens")).collect();
         pieces_time += t.elapsed();
         assert_eq!(a, b, "pieces must give the whole text's tokens");
         tokens = a.iter().map(|t| t.ids.len()).sum::<usize>();

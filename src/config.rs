@@ -137,6 +137,10 @@ pub struct Config {
     /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
     #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
     pub max_inflight_per_pod: u64,
+    /// Accept a `chat_template` sent in a request (rendered under a work budget); without this,
+    /// such requests get 400, as vLLM answers them unless started with the same flag.
+    #[arg(long, env = "PREFIX_ROUTER_TRUST_REQUEST_CHAT_TEMPLATE", default_value_t = false, default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
+    pub trust_request_chat_template: bool,
     /// Tokenize each request through `/tokenize` on a ready vLLM pod of its model.
     #[arg(long, env = "AIBRIX_ENABLE_VLLM_REMOTE_TOKENIZER", default_value = "false", value_parser = enable_remote, action = clap::ArgAction::Set)]
     pub enable_vllm_remote_tokenizer: bool,
@@ -179,6 +183,7 @@ impl Config {
             index_blocks_per_pod: self.index_blocks_per_pod,
             fallbacks: self.fallback_endpoints,
             max_inflight_per_pod: self.max_inflight_per_pod,
+            trust_request_chat_template: self.trust_request_chat_template,
         }
     }
 

@@ -158,7 +158,11 @@ pub async fn run(
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/debug/endpoints", axum::routing::get(endpoints_handler))
-        .route("/debug/tokenize", axum::routing::post(tokenize_handler))
+        // Accepts what routing accepts (axum's default cap is 2 MB).
+        .route(
+            "/debug/tokenize",
+            axum::routing::post(tokenize_handler).layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes)),
+        )
         .with_state(Admin { metrics, registry, router });
     let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
 

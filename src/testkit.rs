@@ -66,6 +66,7 @@ pub(crate) fn routing_config() -> RoutingConfig {
         index_blocks_per_pod: 1024,
         fallbacks: 0,
         max_inflight_per_pod: 0,
+        trust_request_chat_template: false,
     }
 }
 

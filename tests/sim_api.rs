@@ -184,3 +184,20 @@ async fn faults_switch_on_and_off_at_run_time() {
     assert_eq!(set(json!({"tokenize_error_rate": 2.0})).await.expect("put").status(), 400);
     assert_eq!(set(json!({"typo": true})).await.expect("put").status(), 400);
 }
+
+#[tokio::test]
+async fn a_request_chat_template_is_refused_unless_the_sim_trusts_it_as_vllm_does() {
+    let body = json!({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}],
+                      "chat_template": "{% for m in messages %}[{{ m.content }}]{% endfor %}"});
+    let sim = procs::sim(&[]);
+    for path in ["/tokenize", "/v1/chat/completions"] {
+        let (status, err) = post(sim.url(path), body.clone()).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains("--trust-request-chat-template")), "{err}");
+    }
+    let trusting = procs::sim(&["--trust-request-chat-template"]);
+    let (status, tokens) = post(trusting.url("/tokenize"), body).await;
+    assert_eq!(status, 200, "{tokens}");
+    let (_, text) = post(trusting.url("/detokenize"), json!({"tokens": tokens["tokens"]})).await;
+    assert_eq!(text["prompt"], "[hi]", "the request's own template was applied");
+}

@@ -51,6 +51,10 @@ impl Reject {
                 (503, "service_unavailable", "no_ready_endpoint")
             }
             Reject::Route(RouteError::Overloaded(_)) => (429, "rate_limit_exceeded", "overloaded"),
+            Reject::Route(RouteError::UntrustedChatTemplate) => {
+                (400, "invalid_request_error", "untrusted_chat_template")
+            }
+            Reject::Route(RouteError::InvalidRequest(_)) => (400, "invalid_request_error", "invalid_request"),
             Reject::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             Reject::UnsupportedMode(_) | Reject::BodyNotSent => (500, "internal_error", "unsupported_body_mode"),
             Reject::Unreadable(_) => (400, "invalid_request_error", "unreadable_request"),

@@ -4,7 +4,7 @@
 use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot};
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
-use crate::tokenizer::Tokenize;
+use crate::tokenizer::{Tokenize, TokenizeError};
 use prefix_index::policy::{
     Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
@@ -25,6 +25,10 @@ pub enum RouteError {
     NotSynced,
     #[error("Every endpoint of the model `{0}` is at its in-flight limit; retry later.")]
     Overloaded(String),
+    #[error("Chat template is passed with request, but --trust-request-chat-template is not set. Refused request with untrusted chat template.")]
+    UntrustedChatTemplate,
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 /// Where a request goes, and the in-flight count it holds there until dropped.
@@ -63,6 +67,8 @@ pub struct RoutingConfig {
     pub index_blocks_per_pod: usize,
     pub fallbacks: usize,
     pub max_inflight_per_pod: u64,
+    /// Accept a `chat_template` sent in the request (vLLM refuses it unless so started).
+    pub trust_request_chat_template: bool,
 }
 
 /// Per-model routing state: its prefix index and its policy object.
@@ -105,14 +111,20 @@ impl Router {
         if model.endpoints.is_empty() {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         }
+        self.admit(req)?;
         let state = self.model_state(&req.model);
 
         let hashes = if matches!(req.kind, Kind::Other) {
             Vec::new()
         } else {
             let t = Instant::now();
-            // The trait's implementations fall back internally; an error here means "no tokens".
-            let tokens = self.tokenizer.tokenize(model, req).await.ok();
+            // The trait's implementations fall back internally: an error means "no tokens", unless
+            // the request itself cannot be tokenized.
+            let tokens = match self.tokenizer.tokenize(model, req).await {
+                Ok(tokens) => Some(tokens),
+                Err(TokenizeError::Rejected(m)) => return Err(RouteError::InvalidRequest(m)),
+                Err(_) => None,
+            };
             self.metrics.observe_phase("tokenize", t.elapsed());
             let t = Instant::now();
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
@@ -172,7 +184,21 @@ impl Router {
     pub async fn tokens_for(&self, req: &InferenceRequest) -> Result<crate::tokenizer::Tokens, RouteError> {
         let snapshot = self.registry.snapshot();
         let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
-        self.tokenizer.tokenize(model, req).await.map_err(|_| RouteError::NoReadyEndpoint(req.model.clone()))
+        self.admit(req)?;
+        self.tokenizer.tokenize(model, req).await.map_err(|e| match e {
+            TokenizeError::Rejected(m) => RouteError::InvalidRequest(m),
+            _ => RouteError::NoReadyEndpoint(req.model.clone()),
+        })
+    }
+
+    /// What the router refuses before any work: a request-supplied chat template unless trusted.
+    fn admit(&self, req: &InferenceRequest) -> Result<(), RouteError> {
+        match &req.kind {
+            Kind::Chat(c) if c.chat_template.is_some() && !self.cfg.trust_request_chat_template => {
+                Err(RouteError::UntrustedChatTemplate)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Models discovery knows now.

@@ -100,3 +100,36 @@ async fn fallbacks_follow_the_primary_and_requests_without_a_model_go_anywhere()
     let any = k.router.route_anywhere().expect("any pod");
     assert_eq!(any.outcome, Outcome::LoadOnly);
 }
+
+fn chat_with_template(template: &str) -> InferenceRequest {
+    let body = serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "chat_template": template
+    });
+    crate::openai::parse(crate::openai::Endpoint::ChatCompletions, body.to_string().as_bytes()).expect("parses")
+}
+
+#[tokio::test]
+async fn a_request_chat_template_is_refused_unless_trusted_and_then_bounded() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let benign = chat_with_template("{% for m in messages %}{{ m.content }}{% endfor %}");
+    assert_eq!(k.router.route(&benign).await.map(|_| ()), Err(RouteError::UntrustedChatTemplate));
+    assert_eq!(k.router.tokens_for(&benign).await.map(|_| ()), Err(RouteError::UntrustedChatTemplate));
+
+    // Trusted, with the model's real tokenizer: a benign template routes, a hostile one is a 400.
+    let registry = Arc::new(Registry::new());
+    let mut with_tokenizer = spec("m", 2);
+    with_tokenizer.tokenizer =
+        Some(Arc::new(hf_chat::HfTokenizer::from_dir(&crate::test_fixture_dir()).expect("fixture")));
+    registry.publish(vec![with_tokenizer]);
+    let mut cfg = routing_config();
+    cfg.trust_request_chat_template = true;
+    let local = crate::tokenizer::LocalTokenizer::new(4, None);
+    let router = Router::new(registry, Arc::new(local), cfg, Arc::clone(&k.metrics));
+    assert!(router.route(&benign).await.is_ok());
+    let hostile =
+        chat_with_template("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}");
+    let started = std::time::Instant::now();
+    let refused = router.route(&hostile).await.map(|_| ());
+    assert!(matches!(refused, Err(RouteError::InvalidRequest(ref m)) if m.contains("budget")), "{refused:?}");
+    eprintln!("hostile template refused after {:?}", started.elapsed());
+}

@@ -32,9 +32,10 @@ impl LocalTokenizer {
         Self { bytes_per_token: bytes_per_token.max(1), pieces }
     }
 
-    /// Never fails: a request the configured tokenizer cannot handle is approximated.
-    pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Tokens {
-        match &req.kind {
+    /// Fails only for a chat whose own (client-supplied) template fails to render; anything else
+    /// the configured tokenizer cannot handle is approximated.
+    pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Result<Tokens, TokenizeError> {
+        Ok(match &req.kind {
             Kind::Completion(Prompt::Ids(ids)) => Tokens { ids: ids.clone(), space: TokenSpace::Engine },
             Kind::Completion(Prompt::IdLists(lists)) => {
                 Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine }
@@ -43,14 +44,17 @@ impl LocalTokenizer {
             Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
             Kind::Chat(chat) => {
                 if let Some(tok) = &model.tokenizer {
-                    if let Ok(ids) = self.chat(tok, chat) {
-                        return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+                    match self.chat(tok, chat) {
+                        Ok(ids) => return Ok(Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) }),
+                        // The client's own template failed: vLLM would refuse the request too.
+                        Err(e) if chat.chat_template.is_some() => return Err(TokenizeError::Rejected(e)),
+                        Err(_) => {}
                     }
                 }
                 self.approx(&chat_bytes(chat))
             }
             Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
-        }
+        })
     }
 
     /// The chat's tokens as vLLM computes them (template applied, no special tokens added), from
@@ -147,12 +151,12 @@ impl Tokenize for LocalTokenizer {
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
         Box::pin(async move {
             if text_bytes(req) <= INLINE_BYTES {
-                return Ok(self.tokenize_now(model, req));
+                return self.tokenize_now(model, req);
             }
             let (this, model, req) = (self.clone(), Arc::clone(model), req.clone());
             tokio::task::spawn_blocking(move || this.tokenize_now(&model, &req))
                 .await
-                .map_err(|e| TokenizeError::Failed(e.to_string()))
+                .map_err(|e| TokenizeError::Failed(e.to_string()))?
         })
     }
 }
@@ -183,8 +187,8 @@ mod tests {
         for with_tokenizer in [true, false] {
             let m = model(with_tokenizer);
             let local = LocalTokenizer::new(4, None);
-            let a = local.tokenize_now(&m, &chat(turn1.clone()));
-            let b = local.tokenize_now(&m, &chat(turn2.clone()));
+            let a = local.tokenize_now(&m, &chat(turn1.clone())).expect("tokens");
+            let b = local.tokenize_now(&m, &chat(turn2.clone())).expect("tokens");
             // Turn 1 ends with the generation prompt (3 tokens), or a partial byte chunk.
             let shared = a.ids.len() - if with_tokenizer { 3 } else { 1 };
             assert_eq!(a.ids[..shared], b.ids[..shared], "tokenizer: {with_tokenizer}");
@@ -207,7 +211,8 @@ mod tests {
             messages.push(json!({"role": "user", "content": format!("Question {turn}: what is block {turn}?")}));
             let req = chat(json!(messages.clone()));
             let before = cache.bytes();
-            let (a, b) = (cached.tokenize_now(&m, &req), whole.tokenize_now(&m, &req));
+            let (a, b) =
+                (cached.tokenize_now(&m, &req).expect("tokens"), whole.tokenize_now(&m, &req).expect("tokens"));
             assert_eq!(a, b, "turn {turn}: pieces must give exactly the whole text's tokens");
             // Only what a turn adds is tokenized and stored; the system prompt is not again.
             let stored = cache.bytes() - before;
@@ -234,11 +239,14 @@ mod tests {
         let m = model(true);
         let local = LocalTokenizer::new(4, None);
         let ids = parse(Endpoint::Completions, br#"{"model":"m","prompt":[9707,1879]}"#).expect("parses");
-        assert_eq!(local.tokenize_now(&m, &ids), Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine });
+        assert_eq!(
+            local.tokenize_now(&m, &ids).expect("tokens"),
+            Tokens { ids: vec![9707, 1879], space: TokenSpace::Engine }
+        );
         let text = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");
-        let t = local.tokenize_now(&m, &text);
+        let t = local.tokenize_now(&m, &text).expect("tokens");
         assert_eq!(t.ids, vec![9707, 1879]);
         assert!(matches!(t.space, TokenSpace::Local(_)));
-        assert_eq!(local.tokenize_now(&model(false), &text).space, TokenSpace::Approx);
+        assert_eq!(local.tokenize_now(&model(false), &text).expect("tokens").space, TokenSpace::Approx);
     }
 }

@@ -57,6 +57,10 @@ pub enum TokenizeError {
     Unavailable,
     #[error("{0}")]
     Failed(String),
+    /// The request itself cannot be tokenized as the engine would (its own chat template fails or
+    /// exceeds the rendering budget): a client error, not a reason to fall back.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// A way to tokenize a request for routing. Implementations never see the network types of

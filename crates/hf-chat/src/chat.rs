@@ -15,6 +15,10 @@ pub enum ChatError {
     NoTemplate,
     #[error("chat template error: {0}")]
     Template(String),
+    /// The rendering ran out of its work budget ([`TEMPLATE_FUEL`]): a hostile template, or a
+    /// conversation too large to render at all.
+    #[error("the chat template needed more than its budget of {TEMPLATE_FUEL} steps to render")]
+    TooCostly,
     #[error("tokenizer error: {0}")]
     Tokenize(String),
 }
@@ -144,7 +148,10 @@ impl ChatTemplate {
             Some(source) => self.env.render_str(source, ctx),
             None => self.env.get_template(DEFAULT).and_then(|t| t.render(ctx)),
         }
-        .map_err(|e| ChatError::Template(describe(&e)))?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => ChatError::TooCostly,
+            _ => ChatError::Template(describe(&e)),
+        })?;
         if input.continue_final_message {
             return continue_final(rendered, &messages);
         }
@@ -167,8 +174,18 @@ fn continue_final(rendered: String, messages: &[Json]) -> Result<String, ChatErr
 
 const DEFAULT: &str = "default";
 
+/// The work budget of one rendering (minijinja fuel: about one per instruction and per 64 bytes
+/// of data made): it bounds both the CPU time and the memory any template can take. Real chat
+/// templates use about 25 + 10 per message plus one per 64 bytes of output; a 4,096-message,
+/// 1 MiB conversation stays well inside it.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// How deep templates may nest (minijinja's default is 500).
+const RECURSION_LIMIT: usize = 100;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
         env.set_syntax(syntax);
     }

@@ -7,7 +7,7 @@
 mod chat;
 pub mod pyjson;
 
-pub use chat::{ChatError, ChatInput};
+pub use chat::{ChatError, ChatInput, TEMPLATE_FUEL};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::path::{Path, PathBuf};
@@ -177,6 +177,29 @@ mod tests {
 
     fn chat(v: serde_json::Value) -> ChatInput {
         ChatInput::from_request(v.as_object().expect("object")).expect("valid chat input")
+    }
+
+    #[test]
+    fn a_hostile_template_runs_out_of_budget_and_a_large_real_chat_does_not() {
+        let tok = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        for hostile in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+            "{{ 'x' * 1000000000 }}",
+            "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
+        ] {
+            let input = chat(json!({"messages": [{"role": "user", "content": "hi"}], "chat_template": hostile}));
+            let started = std::time::Instant::now();
+            let err = tok.render_chat(&input).expect_err("refused");
+            let took = started.elapsed();
+            assert!(matches!(err, ChatError::TooCostly | ChatError::Template(_)), "{err}");
+            eprintln!("hostile template stopped after {took:?}: {err}");
+        }
+        // The operator's template on a 4,096-message, ~1 MiB conversation renders within budget.
+        let messages: Vec<serde_json::Value> = (0..4096)
+            .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "word ".repeat(50)}))
+            .collect();
+        let rendered = tok.render_chat(&chat(json!({"messages": messages}))).expect("within budget");
+        assert!(rendered.len() > 1_000_000);
     }
 
     #[test]

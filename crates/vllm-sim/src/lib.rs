@@ -74,6 +74,10 @@ pub struct Args {
     /// Fault: /health answers 503.
     #[arg(long)]
     pub fault_health_fail: bool,
+    /// Accept a `chat_template` sent in a request, as vLLM's flag of the same name; without it such
+    /// requests get 400.
+    #[arg(long, default_value_t = false)]
+    pub trust_request_chat_template: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,7 @@ pub(crate) struct Sim {
     pub metrics: Arc<metrics::SimMetrics>,
     pub faults: faults::FaultSwitch,
     pub created: u64,
+    pub trust_request_chat_template: bool,
 }
 
 impl Sim {
@@ -157,6 +162,7 @@ pub async fn run(
         max_model_len: args.max_model_len,
         default_max_tokens: args.default_max_tokens,
         id: args.id.clone().unwrap_or_else(|| bound.to_string()),
+        trust_request_chat_template: args.trust_request_chat_template,
         engine: Arc::new(engine::Engine::new(pool, timing, Arc::clone(&metrics))),
         metrics,
         faults: faults::FaultSwitch::new(faults),

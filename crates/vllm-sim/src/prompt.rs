@@ -45,6 +45,13 @@ impl Sim {
         add_special_default: bool,
     ) -> Result<Vec<u32>, SimError> {
         let input = ChatInput::from_request(obj).map_err(|e| SimError::BadRequest(e.to_string()))?;
+        if input.chat_template.is_some() && !self.trust_request_chat_template {
+            return Err(SimError::BadRequest(
+                "Chat template is passed with request, but --trust-request-chat-template is not set. \
+                 Refused request with untrusted chat template."
+                    .into(),
+            ));
+        }
         let add_special = opt_bool(obj, "add_special_tokens", add_special_default)?;
         self.tokenizer.encode_chat(&input, add_special).map_err(|e| match e {
             hf_chat::ChatError::Tokenize(m) => SimError::Internal(m),
