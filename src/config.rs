@@ -162,6 +162,17 @@ pub struct Config {
     /// Bytes of token ids the tokenization cache keeps (exact request → tokens), 0 = off.
     #[arg(long, env = "PREFIX_ROUTER_TOKENIZE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub tokenize_cache_bytes: usize,
+    /// Threads that tokenize and render chat templates at once (0 = one per core).
+    #[arg(long, env = "PREFIX_ROUTER_TOKENIZE_WORKERS", default_value_t = 0)]
+    pub tokenize_workers: usize,
+    /// Requests that may wait for a tokenize worker; past this, requests are routed on the byte
+    /// approximation (counted) rather than wait.
+    #[arg(long, env = "PREFIX_ROUTER_TOKENIZE_QUEUE", default_value_t = 256)]
+    pub tokenize_queue: usize,
+    /// Most text (bytes, after the chat template) tokenized locally per request; a longer prompt is
+    /// routed on the tokens of its leading part (counted), which bounds memory per request.
+    #[arg(long, env = "PREFIX_ROUTER_MAX_TOKENIZE_BYTES", default_value_t = 512 * 1024)]
+    pub max_tokenize_bytes: usize,
 
     /// A routed request stops counting against its pod after this long even if Envoy never ends it.
     #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]

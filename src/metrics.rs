@@ -37,6 +37,9 @@ pub struct Metrics {
     /// Tokens of locally tokenized chats by where they came from: reused (cached pieces) or
     /// tokenized (new pieces).
     pub piece_tokens: IntCounterVec,
+    /// Requests tokenized on less than their whole input: `truncated` (over the byte cap, the
+    /// leading part tokenized) or `pool_full` (the CPU pool had no room: byte approximation).
+    pub tokenize_degraded: IntCounterVec,
 }
 
 impl Metrics {
@@ -95,6 +98,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let tokenize_degraded = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_tokenize_degraded_total",
+                "Requests routed on part of their input (truncated) or on the byte approximation (pool_full)",
+            ),
+            &["reason"],
+        )?;
         for c in [
             &decisions as &dyn CollectorClone,
             &phase_us,
@@ -108,6 +118,7 @@ impl Metrics {
             &tokenize_cache,
             &tokenizer_pool_events,
             &piece_tokens,
+            &tokenize_degraded,
         ] {
             registry.register(c.boxed())?;
         }
@@ -125,6 +136,7 @@ impl Metrics {
             tokenize_cache,
             tokenizer_pool_events,
             piece_tokens,
+            tokenize_degraded,
         })
     }
 

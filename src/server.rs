@@ -8,7 +8,9 @@ use crate::discovery::{DiscoveryError, Registry};
 use crate::extproc::{Context, ExtProc};
 use crate::metrics::{self, Metrics};
 use crate::routing::Router;
-use crate::tokenizer::{LocalTokenizer, PieceCache, PoolConfig, TokenCache, Tokenization, TokenizerPool};
+use crate::tokenizer::{
+    CpuPool, Limits, LocalTokenizer, PieceCache, PoolConfig, TokenCache, Tokenization, TokenizerPool,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -88,7 +90,12 @@ pub async fn run(
         LocalTokenizer::new(
             cfg.approx_bytes_per_token,
             Some(PieceCache { cache: Arc::clone(&token_cache), metrics: Arc::clone(&metrics) }),
-        ),
+        )
+        .with_limits(Limits {
+            cpu: Arc::new(CpuPool::new(cfg.tokenize_workers, cfg.tokenize_queue)),
+            max_bytes: cfg.max_tokenize_bytes,
+            metrics: Arc::clone(&metrics),
+        }),
         pool.clone(),
         token_cache,
         Arc::clone(&metrics),

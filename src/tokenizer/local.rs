@@ -5,7 +5,7 @@
 //! `tokenizers` does it (see [`HfTokenizer::pieces`]), and each piece's ids are kept in the token
 //! cache: a conversation's system prompt and earlier turns are tokenized once, not every turn.
 
-use super::{TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
+use super::{CpuPool, TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
 use crate::metrics::Metrics;
 use crate::openai::{InferenceRequest, Kind, Prompt};
@@ -18,6 +18,17 @@ pub struct LocalTokenizer {
     bytes_per_token: usize,
     /// Where chat pieces' ids are kept (`None`: every chat is tokenized whole).
     pieces: Option<PieceCache>,
+    limits: Option<Limits>,
+}
+
+/// What bounds local tokenization's CPU and memory per request: the pool it runs on and the
+/// most text (bytes) it tokenizes; past that, only the leading part is tokenized — enough to route
+/// on its prefix. Each degradation is counted in `prefix_router_tokenize_degraded_total`.
+#[derive(Clone)]
+pub struct Limits {
+    pub cpu: Arc<CpuPool>,
+    pub max_bytes: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The cache chat pieces' ids are kept in, and the counter of tokens reused from it.
@@ -29,7 +40,28 @@ pub struct PieceCache {
 
 impl LocalTokenizer {
     pub fn new(bytes_per_token: usize, pieces: Option<PieceCache>) -> Self {
-        Self { bytes_per_token: bytes_per_token.max(1), pieces }
+        Self { bytes_per_token: bytes_per_token.max(1), pieces, limits: None }
+    }
+
+    /// Bounded: tokenization off the async workers on `limits.cpu`, inputs capped.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// `text`, cut to the byte cap at a character boundary (counted when cut).
+    fn capped<'t>(&self, text: &'t str) -> &'t str {
+        let Some(limits) = &self.limits else { return text };
+        if text.len() <= limits.max_bytes {
+            return text;
+        }
+        limits.metrics.tokenize_degraded.with_label_values(&["truncated"]).inc();
+        let mut end = limits.max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        &text[..end]
     }
 
     /// Fails only for a chat whose own (client-supplied) template fails to render; anything else
@@ -60,10 +92,11 @@ impl LocalTokenizer {
     /// The chat's tokens as vLLM computes them (template applied, no special tokens added), from
     /// cached pieces where they repeat.
     fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
-        let text = tok.render_chat(chat).map_err(|e| e.to_string())?;
+        let rendered = tok.render_chat(chat).map_err(|e| e.to_string())?;
+        let text = self.capped(&rendered);
         let pieces_cache = self.pieces.as_ref().filter(|p| p.cache.enabled());
-        let (Some(PieceCache { cache, metrics }), Some(pieces)) = (pieces_cache, tok.pieces(&text)) else {
-            return tok.encode(&text, false);
+        let (Some(PieceCache { cache, metrics }), Some(pieces)) = (pieces_cache, tok.pieces(text)) else {
+            return tok.encode(text, false);
         };
         let space = TokenSpace::Local(tok.fingerprint());
         let tokenizer_key = format!("{:016x}", tok.fingerprint());
@@ -90,12 +123,31 @@ impl LocalTokenizer {
     }
 
     fn text(&self, model: &Model, text: &str) -> Tokens {
+        let text = self.capped(text);
         if let Some(tok) = &model.tokenizer {
             if let Ok(ids) = tok.encode(text, true) {
                 return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
             }
         }
         self.approx(text.as_bytes())
+    }
+
+    /// The byte approximation of a whole request (no tokenizer, no template), its text capped.
+    fn approx_request(&self, req: &InferenceRequest) -> Tokens {
+        match &req.kind {
+            Kind::Completion(Prompt::Text(t)) => self.approx(self.capped(t).as_bytes()),
+            Kind::Completion(Prompt::Texts(t)) => {
+                self.approx(self.capped(t.first().map_or("", String::as_str)).as_bytes())
+            }
+            Kind::Chat(chat) => {
+                let mut bytes = chat_bytes(chat);
+                if let Some(limits) = &self.limits {
+                    bytes.truncate(limits.max_bytes);
+                }
+                self.approx(&bytes)
+            }
+            _ => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
+        }
     }
 
     fn approx(&self, bytes: &[u8]) -> Tokens {
@@ -130,15 +182,30 @@ fn chat_bytes(chat: &ChatInput) -> Vec<u8> {
     out
 }
 
-/// Inputs above this many bytes are tokenized on the blocking pool: a long prompt takes
-/// milliseconds of CPU that would otherwise stall every stream on the same runtime worker.
+/// Inputs above this many bytes are tokenized on the CPU pool: a long prompt takes milliseconds of
+/// CPU that would otherwise stall every stream on the same runtime worker.
 const INLINE_BYTES: usize = 32 * 1024;
 
-fn text_bytes(req: &InferenceRequest) -> usize {
+/// The text a request brings to tokenize or render: every string in it (message contents and
+/// other fields, tools, template and its arguments), so no large input is worked on inline.
+fn input_bytes(req: &InferenceRequest) -> usize {
+    fn strings(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::String(s) => s.len(),
+            serde_json::Value::Array(a) => a.iter().map(strings).sum(),
+            serde_json::Value::Object(o) => o.iter().map(|(k, v)| k.len() + strings(v)).sum(),
+            _ => 8,
+        }
+    }
     match &req.kind {
         Kind::Completion(Prompt::Text(t)) => t.len(),
         Kind::Completion(Prompt::Texts(t)) => t.first().map_or(0, String::len),
-        Kind::Chat(c) => c.messages.iter().map(|m| m.get("content").map_or(0, |c| c.to_string().len())).sum(),
+        Kind::Chat(c) => {
+            c.messages.iter().map(strings).sum::<usize>()
+                + c.tools.iter().flatten().map(strings).sum::<usize>()
+                + c.chat_template.as_ref().map_or(0, String::len)
+                + c.chat_template_kwargs.as_ref().map_or(0, |k| k.iter().map(|(k, v)| k.len() + strings(v)).sum())
+        }
         _ => 0,
     }
 }
@@ -150,13 +217,26 @@ impl Tokenize for LocalTokenizer {
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
         Box::pin(async move {
-            if text_bytes(req) <= INLINE_BYTES {
+            let bytes = input_bytes(req);
+            if bytes <= INLINE_BYTES {
                 return self.tokenize_now(model, req);
             }
-            let (this, model, req) = (self.clone(), Arc::clone(model), req.clone());
-            tokio::task::spawn_blocking(move || this.tokenize_now(&model, &req))
-                .await
-                .map_err(|e| TokenizeError::Failed(e.to_string()))?
+            let (this, model_c, req_c) = (self.clone(), Arc::clone(model), req.clone());
+            let job = move || this.tokenize_now(&model_c, &req_c);
+            let Some(limits) = &self.limits else {
+                return tokio::task::spawn_blocking(job).await.map_err(|e| TokenizeError::Failed(e.to_string()))?;
+            };
+            let started = std::time::Instant::now();
+            let out = limits.cpu.run(job).await;
+            limits.metrics.observe_phase("tokenize_pool", started.elapsed());
+            match out {
+                Ok(tokens) => tokens,
+                Err(super::PoolFull) => {
+                    // No room to tokenize: route on the byte form rather than wait or refuse.
+                    limits.metrics.tokenize_degraded.with_label_values(&["pool_full"]).inc();
+                    Ok(self.approx_request(req))
+                }
+            }
         })
     }
 }
@@ -248,5 +328,78 @@ mod tests {
         assert_eq!(t.ids, vec![9707, 1879]);
         assert!(matches!(t.space, TokenSpace::Local(_)));
         assert_eq!(local.tokenize_now(&model(false), &text).expect("tokens").space, TokenSpace::Approx);
+    }
+
+    /// One worker, no queue, a 64 KiB cap.
+    fn limited() -> (LocalTokenizer, Arc<Metrics>, Arc<CpuPool>) {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let cpu = Arc::new(CpuPool::new(1, 0));
+        let local = LocalTokenizer::new(4, None).with_limits(Limits {
+            cpu: Arc::clone(&cpu),
+            max_bytes: 64 * 1024,
+            metrics: Arc::clone(&metrics),
+        });
+        (local, metrics, cpu)
+    }
+
+    fn completion(text: &str) -> InferenceRequest {
+        parse(Endpoint::Completions, json!({"model": "m", "prompt": text}).to_string().as_bytes()).expect("parses")
+    }
+
+    #[tokio::test]
+    async fn a_prompt_over_the_cap_is_routed_on_its_leading_part() {
+        let (local, metrics, _) = limited();
+        let m = Arc::new(model(true));
+        let long = "The quick brown fox jumps over the lazy dog. ".repeat(4000); // ~180 KB
+        let tokens = local.tokenize(&m, &completion(&long)).await.expect("tokens");
+        let tok = m.tokenizer.as_ref().expect("tokenizer");
+        let lead = tok.encode(&long[..64 * 1024], true).expect("encodes");
+        assert_eq!(tokens.ids, lead, "the tokens of the first 64 KiB");
+        assert!(matches!(tokens.space, TokenSpace::Local(_)));
+        assert_eq!(metrics.tokenize_degraded.with_label_values(&["truncated"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_routes_on_the_approximation_instead_of_waiting() {
+        let (local, metrics, cpu) = limited();
+        let m = Arc::new(model(true));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let cpu = Arc::clone(&cpu);
+            tokio::spawn(async move { cpu.run(move || release_rx.recv().is_ok()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let long = "x".repeat(100_000);
+        let tokens = local.tokenize(&m, &completion(&long)).await.expect("tokens");
+        assert_eq!(tokens.space, TokenSpace::Approx);
+        assert_eq!(metrics.tokenize_degraded.with_label_values(&["pool_full"]).get(), 1);
+        // Small inputs never wait for the pool.
+        let short = local.tokenize(&m, &completion("Hello world")).await.expect("tokens");
+        assert_eq!(short.ids, vec![9707, 1879]);
+        release_tx.send(()).expect("release");
+        assert_eq!(busy.await.expect("joined"), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn large_tools_are_worked_on_off_the_async_workers() {
+        let (local, metrics, cpu) = limited();
+        let m = Arc::new(model(true));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let cpu = Arc::clone(&cpu);
+            tokio::spawn(async move { cpu.run(move || release_rx.recv().is_ok()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let tools = json!([{"type": "function", "function": {"name": "f", "description": "d".repeat(100_000), "parameters": {}}}]);
+        let req = parse(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": [{"role": "user"}], "tools": tools}).to_string().as_bytes(),
+        )
+        .expect("parses");
+        let tokens = local.tokenize(&m, &req).await.expect("tokens");
+        assert_eq!(tokens.space, TokenSpace::Approx, "went to the (full) pool, not inline");
+        assert_eq!(metrics.tokenize_degraded.with_label_values(&["pool_full"]).get(), 1);
+        release_tx.send(()).expect("release");
+        let _ = busy.await;
     }
 }

@@ -3,12 +3,14 @@
 //! approximation), all behind one trait.
 
 mod cache;
+mod cpu;
 mod local;
 pub mod pool;
 pub mod remote;
 
 pub use cache::TokenCache;
-pub use local::{LocalTokenizer, PieceCache};
+pub use cpu::{CpuPool, PoolFull};
+pub use local::{Limits, LocalTokenizer, PieceCache};
 pub use pool::{PoolConfig, TokenizerPool};
 
 use crate::discovery::Model;
@@ -128,7 +130,9 @@ impl Tokenization {
                 Err(failure) => self.fall_back(failure.label()),
             }
         }
-        let key = TokenCache::key("local", &model.name, &body);
+        // The local tokenizer's fingerprint is part of the key: a changed tokenizer is new tokens.
+        let local_space = format!("{}\0{:016x}", model.name, model.tokenizer.as_ref().map_or(0, |t| t.fingerprint()));
+        let key = TokenCache::key("local", &local_space, &body);
         if let Some(tokens) = self.cached(key) {
             return Ok(tokens);
         }
@@ -145,5 +149,23 @@ impl Tokenize for Tokenization {
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
         Box::pin(self.tokenize_inner(model, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::{parse, Endpoint};
+
+    #[tokio::test]
+    async fn a_changed_local_tokenizer_is_not_answered_from_the_old_one_s_cache() {
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let t = Tokenization::new(LocalTokenizer::new(4, None), None, Arc::new(TokenCache::new(1 << 20)), metrics);
+        let req = parse(Endpoint::Completions, br#"{"model":"m","prompt":"Hello world"}"#).expect("parses");
+        let qwen = Arc::new(hf_chat::HfTokenizer::from_dir(&crate::test_fixture_dir()).expect("fixture"));
+        let with = Arc::new(Model { name: "m".into(), endpoints: vec![], tokenizer: Some(qwen) });
+        let without = Arc::new(Model { name: "m".into(), endpoints: vec![], tokenizer: None });
+        assert!(matches!(t.tokenize(&with, &req).await.expect("tokens").space, TokenSpace::Local(_)));
+        assert_eq!(t.tokenize(&without, &req).await.expect("tokens").space, TokenSpace::Approx);
     }
 }
