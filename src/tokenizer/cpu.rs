@@ -80,7 +80,7 @@ mod tests {
         let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
         let blocker = {
             let (pool, rx) = (Arc::clone(&pool), Arc::clone(&release_rx));
-            tokio::spawn(async move { pool.run(move || rx.lock().map(|r| r.recv().is_ok()).unwrap_or(false)).await })
+            tokio::spawn(async move { pool.run(move || rx.lock().is_ok_and(|r| r.recv().is_ok())).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         let queued = {
