@@ -18,6 +18,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct FakeTokenizer {
     pub(crate) calls: AtomicUsize,
+    /// Runs on every call, before the tokens are returned (e.g. discovery changing mid-request).
+    pub(crate) on_call: std::sync::Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 impl Tokenize for FakeTokenizer {
@@ -27,6 +29,9 @@ impl Tokenize for FakeTokenizer {
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = self.on_call.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            hook();
+        }
         let text = match &req.kind {
             Kind::Completion(Prompt::Text(t)) => t.clone(),
             Kind::Completion(Prompt::Ids(ids)) => {

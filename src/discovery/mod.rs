@@ -59,6 +59,19 @@ impl InflightGuard {
         endpoint.inflight.fetch_add(1, Ordering::Relaxed);
         Self(endpoint)
     }
+
+    /// Counts the request only if the pod has fewer than `cap` in flight (0 = no cap): the check
+    /// and the count are one atomic step, so concurrent decisions cannot overshoot the cap.
+    pub fn try_new(endpoint: &Arc<Endpoint>, cap: u64) -> Option<Self> {
+        if cap == 0 {
+            return Some(Self::new(Arc::clone(endpoint)));
+        }
+        endpoint
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+            .ok()
+            .map(|_| Self(Arc::clone(endpoint)))
+    }
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
@@ -144,6 +157,11 @@ impl Registry {
     /// Resolves each time a new snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.changes.subscribe()
+    }
+
+    /// Whether `pod` serves `model` in the current snapshot.
+    pub fn is_live(&self, model: &str, pod: PodId) -> bool {
+        self.current.load().models.get(model).is_some_and(|m| m.endpoints.iter().any(|e| e.id == pod))
     }
 
     /// True once a source has published its first full state (readiness).

@@ -114,6 +114,7 @@ impl Router {
         self.admit(req)?;
         let state = self.model_state(&req.model);
 
+        let mut matchable = 0;
         let hashes = if matches!(req.kind, Kind::Other) {
             Vec::new()
         } else {
@@ -130,11 +131,15 @@ impl Router {
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
                 self.metrics.tokenized.with_label_values(&[tokens.space.label()]).inc();
                 let seed = HashSeed::new(&req.model, req.cache_salt.as_deref(), tokens.space.id());
+                matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
             });
             self.metrics.observe_phase("hash", t.elapsed());
             hashes
         };
+        // vLLM always computes a prompt's last token, so a block-aligned prompt's last block is
+        // never a cache hit: only blocks before the last token count as matches (all are recorded).
+        let lookup = &hashes[..matchable.min(hashes.len())];
 
         let t = Instant::now();
         let candidates: Vec<&Arc<Endpoint>> = model
@@ -147,7 +152,7 @@ impl Router {
         }
         let facts: Vec<Candidate> = {
             let index = state.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let matches = index.lookup(&hashes);
+            let matches = index.lookup(lookup);
             candidates
                 .iter()
                 .map(|e| Candidate {
@@ -160,24 +165,38 @@ impl Router {
         self.metrics.observe_phase("lookup", t.elapsed());
 
         let t = Instant::now();
-        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: hashes.len() });
+        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: lookup.len() });
         self.metrics.observe_phase("pick", t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         };
-        let chosen = order[0];
+        // The first pod in order that still has room: the cap is checked and taken atomically.
+        let Some((at, guard)) = order
+            .iter()
+            .enumerate()
+            .find_map(|(at, &i)| InflightGuard::try_new(candidates[i], self.cfg.max_inflight_per_pod).map(|g| (at, g)))
+        else {
+            return Err(RouteError::Overloaded(req.model.clone()));
+        };
+        let chosen = order[at];
         if !hashes.is_empty() {
-            state
-                .index
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(candidates[chosen].id, &hashes);
-            let ratio = facts[chosen].matched_blocks as f64 / hashes.len() as f64;
-            self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
+            let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A pod that left discovery since this decision began is not recorded: purge takes
+            // this lock after publishing, so either it sees our record or we see its snapshot.
+            if self.registry.is_live(&req.model, candidates[chosen].id) {
+                index.record(candidates[chosen].id, &hashes);
+            }
+            drop(index);
+            if !lookup.is_empty() {
+                let ratio = facts[chosen].matched_blocks as f64 / lookup.len() as f64;
+                self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
+            }
         }
         self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
         self.metrics.observe_phase("total", started.elapsed());
-        Ok(self.decision(order.iter().map(|&i| candidates[i]), outcome))
+        let endpoints: Vec<Arc<Endpoint>> =
+            order[at..].iter().take(1 + self.cfg.fallbacks).map(|&i| Arc::clone(candidates[i])).collect();
+        Ok(Decision { endpoints, outcome, guard })
     }
 
     /// The tokens a request would be routed with (for `/debug/tokenize`); nothing is recorded.

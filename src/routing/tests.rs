@@ -133,3 +133,63 @@ async fn a_request_chat_template_is_refused_unless_trusted_and_then_bounded() {
     assert!(matches!(refused, Err(RouteError::InvalidRequest(ref m)) if m.contains("budget")), "{refused:?}");
     eprintln!("hostile template refused after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_in_flight_cap_is_hard_under_concurrent_decisions() {
+    let mut cfg = routing_config();
+    cfg.max_inflight_per_pod = 1;
+    let k = kit(vec![spec("m", 2)], cfg);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let router = Arc::clone(&k.router);
+            tokio::spawn(async move { router.route(&completion("m", &prompt(i))).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for t in tasks {
+        if let Ok(d) = t.await.expect("joined") {
+            held.push(d);
+        }
+    }
+    assert_eq!(held.len(), 2, "one per pod");
+    for e in &k.registry.snapshot().models["m"].endpoints {
+        assert_eq!(e.inflight(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_pod_removed_while_a_decision_is_under_way_is_not_re_added_to_the_index() {
+    let k = kit(vec![spec("m", 1)], routing_config());
+    let (registry, router) = (Arc::clone(&k.registry), Arc::downgrade(&k.router));
+    *k.tokenizer.on_call.lock().expect("lock") = Some(Box::new(move || {
+        // Discovery replaces the pod (new address, new id) and the router purges, mid-request.
+        let mut moved = spec("m", 1);
+        moved.endpoints[0].addr = "10.0.9.9:8000".parse().expect("addr");
+        moved.endpoints[0].key = "m/moved".into();
+        registry.publish(vec![moved]);
+        if let Some(r) = router.upgrade() {
+            r.purge(&registry.snapshot());
+        }
+    }));
+    let d = k.router.route(&completion("m", &prompt(1))).await.expect("routed on the snapshot it began with");
+    let gone = d.endpoints[0].id;
+    let state = k.router.model_state("m");
+    let index = state.index.read().expect("lock");
+    assert!(index.pods().all(|p| p != gone), "the removed pod's blocks were not recorded after its purge");
+}
+
+#[tokio::test]
+async fn a_block_aligned_prompt_s_last_block_is_not_counted_as_cached() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    // Block size 4: "abcdefgh" is exactly two blocks; vLLM recomputes the last token, so a repeat
+    // can hit only the first block.
+    let first = k.router.route(&completion("m", "abcdefgh")).await.expect("routed");
+    assert_eq!(first.outcome, Outcome::Miss);
+    let state = k.router.model_state("m");
+    assert_eq!(state.index.read().expect("lock").pod_blocks(first.endpoints[0].id), 2, "both blocks recorded");
+    drop((state, first));
+    let again = k.router.route(&completion("m", "abcdefgh")).await.expect("routed");
+    assert_eq!(again.outcome, Outcome::PrefixHit);
+    let single = k.router.route(&completion("m", "abcd")).await.expect("routed");
+    assert_eq!(single.outcome, Outcome::LoadOnly, "a one-block prompt has nothing cacheable before its last token");
+}
