@@ -174,6 +174,13 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_MAX_TOKENIZE_BYTES", default_value_t = 512 * 1024)]
     pub max_tokenize_bytes: usize,
 
+    /// Every pod's `GET /health` is probed this often; a failure takes it out of routing.
+    #[arg(long, env = "PREFIX_ROUTER_ENDPOINT_PROBE_PERIOD", default_value = "5s", value_parser = duration)]
+    pub endpoint_probe_period: Duration,
+    /// Pods out of routing are probed this often; one passing probe brings them back.
+    #[arg(long, env = "PREFIX_ROUTER_ENDPOINT_RETRY_PERIOD", default_value = "500ms", value_parser = duration)]
+    pub endpoint_retry_period: Duration,
+
     /// A routed request stops counting against its pod after this long even if Envoy never ends it.
     #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]
     pub inflight_ttl: Duration,

@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Requests tokenized on less than their whole input: `truncated` (over the byte cap, the
     /// leading part tokenized) or `pool_full` (the CPU pool had no room: byte approximation).
     pub tokenize_degraded: IntCounterVec,
+    /// Pods taken out of routing, by reason.
+    pub endpoint_ejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +107,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let endpoint_ejections = IntCounterVec::new(
+            Opts::new("prefix_router_endpoint_ejections_total", "Pods taken out of routing on a sign of death"),
+            &["reason"],
+        )?;
         for c in [
             &decisions as &dyn CollectorClone,
             &phase_us,
@@ -119,6 +125,7 @@ impl Metrics {
             &tokenizer_pool_events,
             &piece_tokens,
             &tokenize_degraded,
+            &endpoint_ejections,
         ] {
             registry.register(c.boxed())?;
         }
@@ -137,6 +144,7 @@ impl Metrics {
             tokenizer_pool_events,
             piece_tokens,
             tokenize_degraded,
+            endpoint_ejections,
         })
     }
 
@@ -174,6 +182,8 @@ pub struct StateSample {
     pub inflight: Vec<(String, String, u64)>,
     /// (model, ready endpoints)
     pub endpoints: Vec<(String, u64)>,
+    /// (model, ready endpoints ejected from routing)
+    pub ejected: Vec<(String, u64)>,
     /// (model, pod address, blocks indexed)
     pub index_blocks: Vec<(String, String, u64)>,
     /// Models with a remote tokenizer entry (None when remote tokenization is off).
@@ -185,6 +195,7 @@ pub struct StateSample {
 struct Gauges {
     inflight: IntGaugeVec,
     endpoints: IntGaugeVec,
+    ejected: IntGaugeVec,
     index: IntGaugeVec,
     tok_models: IntGaugeVec,
     tok_endpoints: IntGaugeVec,
@@ -195,6 +206,7 @@ fn gauges() -> Result<Gauges, prometheus::Error> {
     Ok(Gauges {
         inflight: vec("prefix_router_inflight_requests", "Routed requests not yet finished", &["model", "pod"])?,
         endpoints: vec("prefix_router_endpoints", "Ready endpoints per model", &["model"])?,
+        ejected: vec("prefix_router_endpoints_ejected", "Ready endpoints out of routing (sign of death)", &["model"])?,
         index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "pod"])?,
         tok_models: vec("prefix_router_tokenizer_pool_models", "Models with a remote tokenizer entry", &[])?,
         tok_endpoints: vec(
@@ -208,12 +220,18 @@ fn gauges() -> Result<Gauges, prometheus::Error> {
 impl<F: Fn() -> StateSample + Send + Sync> StateCollector<F> {
     pub fn new(sample: F) -> Result<Self, prometheus::Error> {
         let g = gauges()?;
-        let descs =
-            [g.inflight.desc(), g.endpoints.desc(), g.index.desc(), g.tok_models.desc(), g.tok_endpoints.desc()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
+        let descs = [
+            g.inflight.desc(),
+            g.endpoints.desc(),
+            g.ejected.desc(),
+            g.index.desc(),
+            g.tok_models.desc(),
+            g.tok_endpoints.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         Ok(Self { descs, sample })
     }
 }
@@ -232,10 +250,13 @@ impl<F: Fn() -> StateSample + Send + Sync> Collector for StateCollector<F> {
         for (model, n) in &s.endpoints {
             g.endpoints.with_label_values(&[model]).set(*n as i64);
         }
+        for (model, n) in &s.ejected {
+            g.ejected.with_label_values(&[model]).set(*n as i64);
+        }
         for (model, pod, n) in &s.index_blocks {
             g.index.with_label_values(&[model, pod]).set(*n as i64);
         }
-        let mut out = [g.inflight.collect(), g.endpoints.collect(), g.index.collect()].concat();
+        let mut out = [g.inflight.collect(), g.endpoints.collect(), g.ejected.collect(), g.index.collect()].concat();
         if let Some(n) = s.tokenizer_models {
             g.tok_models.with_label_values::<&str>(&[]).set(n as i64);
             for (model, state, n) in &s.tokenizer_endpoints {

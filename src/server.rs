@@ -132,6 +132,13 @@ pub async fn run(
         Source::Kube(kube) => tasks.spawn(kube.watch(Arc::clone(&registry), stop_rx.clone())),
     };
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
+    tasks.spawn(crate::discovery::health::probe(
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        cfg.endpoint_probe_period,
+        cfg.endpoint_retry_period,
+        stop_rx.clone(),
+    ));
     if let Some(pool) = pool {
         // Health probes and TTL expiry, off the request path.
         tasks.spawn(pool.maintain(stop_rx.clone()));
@@ -260,7 +267,7 @@ async fn endpoints_handler(
                 "local_tokenizer": m.tokenizer.is_some(),
                 "endpoints": m.endpoints.iter().map(|e| serde_json::json!({
                     "address": e.addr.to_string(), "engine": format!("{:?}", e.engine).to_lowercase(),
-                    "inflight": e.inflight(),
+                    "inflight": e.inflight(), "routable": e.is_routable(),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -234,3 +234,52 @@ async fn large_bodies_arrive_byte_identical_and_streams_release_inflight() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pod_costs_one_request_then_its_conversations_move_and_it_returns_when_back() {
+    for mode in Mode::ALL {
+        let mut cluster = Cluster::start(mode, Options::default());
+        let url = cluster.envoy.url("/v1/chat/completions");
+        let messages = vec![json!({"role": "user", "content": user_turn(99, 0)})];
+        let (first, _) = chat(&url, &messages).await;
+        let victim = Cluster::sim_index(&first);
+        let addr = cluster.sims[victim].addr;
+        // SIGKILL: no goodbye, discovery (the endpoints file) still lists it.
+        drop(cluster.sims.remove(victim));
+        let mut failed = 0;
+        let mut served_by = Vec::new();
+        for _ in 0..10 {
+            let res = client()
+                .post(&url)
+                .json(&json!({"model": "tiny-chat", "messages": messages, "max_tokens": 4}))
+                .send()
+                .await
+                .expect("request");
+            if res.status() == 200 {
+                served_by.push(res.headers()["x-sim-id"].to_str().expect("ascii").to_owned());
+            } else {
+                failed += 1;
+            }
+        }
+        eprintln!("{mode:?}: {failed} of 10 requests failed after the kill, then {served_by:?}");
+        assert!(failed <= 1, "{mode:?}: {failed} of 10 failed after the kill");
+        assert!(
+            served_by.windows(2).all(|w| w[0] == w[1]),
+            "{mode:?}: the conversation settles on one pod: {served_by:?}"
+        );
+        let m = cluster.router_metrics().await;
+        assert!(metric(&m, "prefix_router_endpoint_ejections_total") >= 1.0, "{mode:?}: the ejection is counted");
+        assert_eq!(metric(&m, "prefix_router_endpoints_ejected"), 1.0, "{mode:?}");
+        // Back on the same address: a probe passes and the pod is routable again.
+        let _back = common::procs::sim_at(addr.port(), &["--id", &first]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = cluster.router_metrics().await;
+            if metric(&m, "prefix_router_endpoints_ejected") == 0.0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{mode:?}: the pod came back within 5 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! publish the whole desired state; the registry keeps each pod's identity (and so its in-flight
 //! counter and index id) across publications and hands readers an immutable snapshot.
 
+pub mod health;
 pub mod kubernetes;
 pub mod static_file;
 
@@ -10,7 +11,7 @@ use hf_chat::HfTokenizer;
 use prefix_index::PodId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -41,6 +42,8 @@ pub struct Endpoint {
     pub model: Arc<str>,
     pub engine: Engine,
     inflight: AtomicU64,
+    /// Out of routing until a probe passes (see `health`).
+    ejected: AtomicBool,
 }
 
 impl Endpoint {
@@ -195,6 +198,7 @@ impl Registry {
                         model: Arc::clone(&model),
                         engine: ep.engine,
                         inflight: AtomicU64::new(0),
+                        ejected: AtomicBool::new(false),
                     })
                 });
                 if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {

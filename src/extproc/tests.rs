@@ -332,3 +332,51 @@ async fn the_response_body_is_answered_in_the_response_s_own_mode() {
     let mutation = b.response.as_ref().and_then(|c| c.body_mutation.as_ref()).and_then(|m| m.mutation.as_ref());
     assert!(matches!(mutation, Some(Mutation::StreamedResponse(s)) if s.body == b"data: x" && s.end_of_stream));
 }
+
+fn response_headers(status: &str, from_upstream: bool) -> ProcessingRequest {
+    let mut hs = vec![(":status", status)];
+    if from_upstream {
+        hs.push(("x-envoy-upstream-service-time", "3"));
+    }
+    ProcessingRequest {
+        request: Some(Request::ResponseHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: hs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).into(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn envoy_s_own_503_takes_the_pod_out_of_routing_and_the_pod_s_own_does_not() {
+    let k = kit(vec![spec("m", 2)], routing_config());
+    let routed = |from_upstream| {
+        vec![
+            headers("/v1/completions", false, BodySendMode::Buffered, &[]),
+            body(&completion("hello there, a long enough prompt"), true),
+            response_headers("503", from_upstream),
+        ]
+    };
+    let out = exchange(&k, BodyMode::Auto, routed(true)).await;
+    let pod = destination(&out[1]).expect("routed");
+    let snap = k.registry.snapshot();
+    assert!(snap.endpoints().all(|e| e.is_routable()), "a 503 from vLLM itself is an answer, not death");
+    let out = exchange(&k, BodyMode::Auto, routed(false)).await;
+    let dead = destination(&out[1]).expect("routed");
+    assert_eq!(dead, pod, "the conversation's pod");
+    assert!(snap.endpoints().any(|e| !e.is_routable() && e.addr.to_string() == dead), "ejected");
+    for _ in 0..4 {
+        let out = exchange(&k, BodyMode::Auto, routed(true)).await;
+        assert_ne!(destination(&out[1]).expect("routed"), dead, "the conversation moved");
+    }
+    assert_eq!(k.metrics.endpoint_ejections.with_label_values(&["upstream_unreachable"]).get(), 1);
+}

@@ -142,9 +142,13 @@ impl Router {
         let lookup = &hashes[..matchable.min(hashes.len())];
 
         let t = Instant::now();
+        // Pods showing a sign of death are passed over; when every pod does, all are tried rather
+        // than none (a wrong ejection must not stop the model).
+        let alive = model.endpoints.iter().any(|e| e.is_routable());
         let candidates: Vec<&Arc<Endpoint>> = model
             .endpoints
             .iter()
+            .filter(|e| !alive || e.is_routable())
             .filter(|e| self.cfg.max_inflight_per_pod == 0 || e.inflight() < self.cfg.max_inflight_per_pod)
             .collect();
         if candidates.is_empty() {
@@ -232,7 +236,8 @@ impl Router {
             return Err(RouteError::NotSynced);
         }
         let snapshot = self.registry.snapshot();
-        let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().collect();
+        let alive = snapshot.endpoints().any(|e| e.is_routable());
+        let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().filter(|e| !alive || e.is_routable()).collect();
         let facts: Vec<Candidate> =
             all.iter().map(|e| Candidate { matched_blocks: 0, inflight: e.inflight(), index_blocks: 0 }).collect();
         match self.anywhere.pick(&facts, &RequestFacts { prompt_blocks: 0 }) {
@@ -297,6 +302,7 @@ impl Router {
         let mut s = StateSample::default();
         for (name, model) in &snapshot.models {
             s.endpoints.push((name.clone(), model.endpoints.len() as u64));
+            s.ejected.push((name.clone(), model.endpoints.iter().filter(|e| !e.is_routable()).count() as u64));
             let index = models.get(name).map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner));
             for e in &model.endpoints {
                 s.inflight.push((name.clone(), e.addr.to_string(), e.inflight()));

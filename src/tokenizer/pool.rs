@@ -12,7 +12,8 @@
 //! - No lock is held across a network call.
 
 use super::remote::{self, CallError};
-use crate::discovery::{Engine, Model};
+use crate::discovery::health::Ejection;
+use crate::discovery::{Endpoint, Engine, Model};
 use crate::metrics::Metrics;
 use rand::Rng;
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ const BASE_BACKOFF_MS: u64 = 250;
 
 struct TokEndpoint {
     addr: SocketAddr,
+    /// The pod itself: a refused connection takes it out of routing too.
+    pod: std::sync::Weak<Endpoint>,
     url: String,
     outstanding: AtomicU32,
     failures: AtomicU32,
@@ -130,6 +133,11 @@ impl TokenizerPool {
                 Err(e) => {
                     self.metrics.tokenizer_calls.with_label_values(&[e.label()]).inc();
                     self.eject(ep, None);
+                    if e == CallError::Connect {
+                        if let Some(pod) = ep.pod.upgrade() {
+                            pod.eject(Ejection::Tokenizer, &self.metrics);
+                        }
+                    }
                     last = Failure::Call(e);
                 }
             }
@@ -205,6 +213,7 @@ impl TokenizerPool {
                 old.get(&e.addr).cloned().unwrap_or_else(|| {
                     Arc::new(TokEndpoint {
                         addr: e.addr,
+                        pod: Arc::downgrade(e),
                         url: remote::endpoint_url(&self.cfg.template, e.addr),
                         outstanding: AtomicU32::new(0),
                         failures: AtomicU32::new(0),
