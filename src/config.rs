@@ -181,6 +181,14 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_ENDPOINT_RETRY_PERIOD", default_value = "500ms", value_parser = duration)]
     pub endpoint_retry_period: Duration,
 
+    /// On SIGTERM: report not ready (gRPC health, /readyz) but keep serving new streams this long,
+    /// so load balancers stop sending before the listener closes.
+    #[arg(long, env = "PREFIX_ROUTER_DRAIN_PERIOD", default_value = "5s", value_parser = duration)]
+    pub drain_period: Duration,
+    /// After the drain period: stop accepting and let open streams finish for at most this long.
+    #[arg(long, env = "PREFIX_ROUTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
     /// A routed request stops counting against its pod after this long even if Envoy never ends it.
     #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]
     pub inflight_ttl: Duration,

@@ -51,6 +51,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 
 #[derive(Clone)]
 struct Admin {
+    draining: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     router: Arc<Router>,
@@ -122,11 +123,12 @@ pub async fn run(
     let (admin, admin_addr) = bind(SocketAddr::new(cfg.host, cfg.metrics_port)).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (draining_tx, draining) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter.set_service_status("liveness", ServingStatus::Serving).await;
     let mut tasks = tokio::task::JoinSet::new();
     // Readiness follows discovery's first full sync.
-    tasks.spawn(follow_readiness(reporter.clone(), Arc::clone(&registry), stop_rx.clone()));
+    tasks.spawn(follow_readiness(reporter.clone(), Arc::clone(&registry), draining.clone(), stop_rx.clone()));
     match source {
         Source::File(file) => tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone())),
         Source::Kube(kube) => tasks.spawn(kube.watch(Arc::clone(&registry), stop_rx.clone())),
@@ -177,17 +179,34 @@ pub async fn run(
             "/debug/tokenize",
             axum::routing::post(tokenize_handler).layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes)),
         )
-        .with_state(Admin { metrics, registry, router });
+        .with_state(Admin { draining, metrics, registry, router });
     let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
     // Scripts and tests read the bound addresses from this line.
     println!("prefix-router listening on grpc={grpc_addr} health={health_addr} admin=http://{admin_addr}");
     tracing::info!(%grpc_addr, %health_addr, %admin_addr, "prefix-router ready");
+    let (hard_tx, mut hard_rx) = watch::channel(false);
+    let (drain_period, grace) = (cfg.drain_period, cfg.shutdown_grace);
     tasks.spawn(async move {
         shutdown.await;
+        // Not ready at once, still serving: Kubernetes and Envoy stop sending while we answer.
+        let _ = draining_tx.send(true);
+        tracing::info!(?drain_period, "shutting down: not ready; serving on for the drain period");
+        tokio::time::sleep(drain_period).await;
+        tracing::info!(?grace, "drain period over: no new connections; open streams may finish");
         let _ = stop_tx.send(true);
+        tokio::time::sleep(grace).await;
+        let _ = hard_tx.send(true);
     });
-    let (g, h, a) = tokio::join!(grpc_server, health_server, admin_server);
+    let servers = async { tokio::join!(grpc_server, health_server, admin_server) };
+    let (g, h, a) = tokio::select! {
+        done = servers => done,
+        _ = hard_rx.wait_for(|h| *h) => {
+            tracing::warn!("shutdown grace over: closing the streams still open");
+            tasks.abort_all();
+            return Ok(());
+        }
+    };
     tasks.abort_all();
     g?;
     h?;
@@ -219,15 +238,22 @@ fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-async fn follow_readiness(reporter: HealthReporter, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+async fn follow_readiness(
+    reporter: HealthReporter,
+    registry: Arc<Registry>,
+    mut draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut synced = registry.subscribe_synced();
     loop {
-        let status = if *synced.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let ready = *synced.borrow_and_update() && !*draining.borrow_and_update();
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         for svc in ["", "readiness", EXTPROC_SERVICE] {
             reporter.set_service_status(svc, status).await;
         }
         tokio::select! {
             changed = synced.changed() => if changed.is_err() { return },
+            changed = draining.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
         }
     }
@@ -238,7 +264,9 @@ async fn metrics_handler(State(a): State<Admin>) -> impl IntoResponse {
 }
 
 async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
-    if a.registry.is_synced() {
+    if *a.draining.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if a.registry.is_synced() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "discovery has not synced")

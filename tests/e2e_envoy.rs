@@ -283,3 +283,55 @@ async fn a_killed_pod_costs_one_request_then_its_conversations_move_and_it_retur
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_not_ready_serves_through_the_drain_and_lets_open_streams_finish() {
+    let cluster = Cluster::start(
+        Mode::FullDuplex,
+        Options {
+            sim_args: &["--decode-ms-per-token", "50"],
+            router_args: &["--drain-period", "1s", "--shutdown-grace", "5s"],
+            ..Options::default()
+        },
+    );
+    let url = cluster.envoy.url("/v1/completions");
+    let admin =
+        cluster.router.line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).expect("admin").to_owned();
+    // A streamed response of 40 tokens (~2 s) is under way when SIGTERM arrives.
+    let long = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let body = json!({"model": "tiny-chat", "prompt": "a long answer", "max_tokens": 40, "stream": true});
+            let res = client().post(&url).json(&body).send().await.expect("request");
+            let status = res.status().as_u16();
+            (status, res.text().await.expect("body"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = cluster.router.child.id().to_string();
+    let sent = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = client().get(format!("{admin}/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503, "not ready once SIGTERM arrived");
+    // New requests during the drain period are still routed and answered.
+    for i in 0..5 {
+        let body = json!({"model": "tiny-chat", "prompt": format!("during the drain {i}"), "max_tokens": 1});
+        let res = client().post(&url).json(&body).send().await.expect("request");
+        assert_eq!(res.status(), 200, "request {i} during the drain");
+    }
+    let (status, text) = long.await.expect("joined");
+    assert_eq!(status, 200);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "the open stream finished: {text}");
+    // The process exits on its own, well within 20 s.
+    let mut child = cluster.router;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exited within 15 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("router exited {:?} after SIGTERM", sent.elapsed());
+}
