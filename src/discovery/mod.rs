@@ -41,6 +41,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub model: Arc<str>,
     pub engine: Engine,
+    /// The same for this pod in every router replica (a hash of its address): rendezvous placement.
+    pub affinity: u64,
     inflight: AtomicU64,
     /// Out of routing until a probe passes (see `health`).
     ejected: AtomicBool,
@@ -197,6 +199,7 @@ impl Registry {
                         addr: ep.addr,
                         model: Arc::clone(&model),
                         engine: ep.engine,
+                        affinity: xxhash_rust::xxh3::xxh3_64(ep.addr.to_string().as_bytes()),
                         inflight: AtomicU64::new(0),
                         ejected: AtomicBool::new(false),
                     })

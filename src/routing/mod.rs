@@ -163,13 +163,16 @@ impl Router {
                     matched_blocks: matches.get(e.id),
                     inflight: e.inflight(),
                     index_blocks: index.pod_blocks(e.id),
+                    affinity: e.affinity,
                 })
                 .collect()
         };
         self.metrics.observe_phase("lookup", t.elapsed());
 
         let t = Instant::now();
-        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: lookup.len() });
+        let pick = state
+            .policy
+            .pick(&facts, &RequestFacts { prompt_blocks: lookup.len(), placement: hashes.first().copied() });
         self.metrics.observe_phase("pick", t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
@@ -238,9 +241,11 @@ impl Router {
         let snapshot = self.registry.snapshot();
         let alive = snapshot.endpoints().any(|e| e.is_routable());
         let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().filter(|e| !alive || e.is_routable()).collect();
-        let facts: Vec<Candidate> =
-            all.iter().map(|e| Candidate { matched_blocks: 0, inflight: e.inflight(), index_blocks: 0 }).collect();
-        match self.anywhere.pick(&facts, &RequestFacts { prompt_blocks: 0 }) {
+        let facts: Vec<Candidate> = all
+            .iter()
+            .map(|e| Candidate { matched_blocks: 0, inflight: e.inflight(), index_blocks: 0, affinity: e.affinity })
+            .collect();
+        match self.anywhere.pick(&facts, &RequestFacts { prompt_blocks: 0, placement: None }) {
             Pick::Chosen { order, outcome } => {
                 self.metrics.decisions.with_label_values(&["", outcome.label()]).inc();
                 Ok(self.decision(order.iter().map(|&i| all[i]), outcome))

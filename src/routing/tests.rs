@@ -18,9 +18,13 @@ async fn a_conversation_stays_on_its_pod_and_new_prompts_spread_on_load() {
     // Same prefix, first decision still in flight: the cached prefix outweighs one request of load.
     let again = k.router.route(&completion("m", &format!("{} and more", prompt(1)))).await.expect("routed");
     assert_eq!((again.endpoints[0].addr, again.outcome), (pod, Outcome::PrefixHit));
-    // An unrelated prompt goes to an idle pod, not the busy one.
+    // A prompt no pod holds is placed by rendezvous on its first block: a second replica, with its
+    // own (different) in-flight counts and an empty index, places it on the same pod.
     let other = k.router.route(&completion("m", "something else entirely, long enough")).await.expect("routed");
-    assert_ne!(other.endpoints[0].addr, pod);
+    let replica = kit(vec![spec("m", 4)], routing_config());
+    let same = replica.router.route(&completion("m", "something else entirely, long enough")).await.expect("routed");
+    assert_eq!((other.outcome, same.outcome), (Outcome::Miss, Outcome::Miss));
+    assert_eq!(other.endpoints[0].addr, same.endpoints[0].addr);
     assert_eq!(k.tokenizer.calls.load(Ordering::Relaxed), 3);
 }
 

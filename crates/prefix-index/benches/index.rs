@@ -52,10 +52,13 @@ fn decide(index: &RwLock<PrefixIndex>, policy: &PrefixAware, hashes: &[u64]) -> 
                 matched_blocks: matches.get(PodId(p)),
                 inflight: 0,
                 index_blocks: index.pod_blocks(PodId(p)),
+                affinity: u64::from(p),
             })
             .collect()
     };
-    let Pick::Chosen { order, .. } = policy.pick(&facts, &RequestFacts { prompt_blocks: hashes.len() }) else {
+    let Pick::Chosen { order, .. } =
+        policy.pick(&facts, &RequestFacts { prompt_blocks: hashes.len(), placement: hashes.first().copied() })
+    else {
         panic!("no pod picked");
     };
     let pod = PodId(order[0] as u32);

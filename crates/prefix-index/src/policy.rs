@@ -3,6 +3,7 @@
 
 use rand::Rng;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// One admissible pod, as the policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -13,6 +14,9 @@ pub struct Candidate {
     pub inflight: u64,
     /// Blocks the index holds for it in all: how much of the cache space it already uses.
     pub index_blocks: usize,
+    /// A hash of the pod's identity that every router replica computes alike (its address or
+    /// UID, not a replica-local id): what rendezvous placement ranks pods by.
+    pub affinity: u64,
 }
 
 /// What the request brings, borrowed so new facts can arrive without changing signatures.
@@ -20,6 +24,9 @@ pub struct Candidate {
 pub struct RequestFacts {
     /// Full blocks in the prompt (0 when routed on load alone).
     pub prompt_blocks: usize,
+    /// The hash of the prompt's first block: a prompt no pod holds is placed by rendezvous hashing
+    /// of it, so replicas that share no state place a new conversation on the same pod.
+    pub placement: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +100,30 @@ impl Policy for PrefixAware {
             let uncached = facts.prompt_blocks.saturating_sub(x.matched_blocks);
             p.prefix_weight * uncached as f64 + p.load_weight * x.inflight as f64
         };
-        let mut rng = rand::rng();
-        let mut keyed: Vec<(bool, f64, usize, u32, usize)> =
-            c.iter().enumerate().map(|(i, x)| (guarded(x), cost(x), x.index_blocks, rng.random::<u32>(), i)).collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
-        let order: Vec<usize> = keyed.iter().map(|k| k.4).collect();
         let best_match = c.iter().map(|x| x.matched_blocks).max().unwrap_or(0);
+        let order = match facts.placement {
+            // Nothing cached anywhere: rendezvous among the pods the guard admits, so every replica
+            // picks the same pod for the same first block whatever its own in-flight counts.
+            Some(key) if best_match == 0 && facts.prompt_blocks > 0 => {
+                let mut keyed: Vec<(bool, std::cmp::Reverse<u64>, usize)> = c
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (guarded(x), std::cmp::Reverse(xxh3_64_with_seed(&key.to_le_bytes(), x.affinity)), i))
+                    .collect();
+                keyed.sort_unstable();
+                keyed.iter().map(|k| k.2).collect()
+            }
+            _ => {
+                let mut rng = rand::rng();
+                let mut keyed: Vec<(bool, f64, usize, u32, usize)> = c
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (guarded(x), cost(x), x.index_blocks, rng.random::<u32>(), i))
+                    .collect();
+                keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+                keyed.iter().map(|k| k.4).collect::<Vec<usize>>()
+            }
+        };
         let outcome = if facts.prompt_blocks == 0 {
             Outcome::LoadOnly
         } else if best_match == 0 {
@@ -161,14 +186,14 @@ mod tests {
     use super::*;
 
     fn cand(matched_blocks: usize, inflight: u64) -> Candidate {
-        Candidate { matched_blocks, inflight, index_blocks: 0 }
+        Candidate { matched_blocks, inflight, index_blocks: 0, affinity: 0 }
     }
 
     const PARAMS: PrefixParams =
         PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5 };
 
     fn first(p: &dyn Policy, c: &[Candidate], blocks: usize) -> (usize, Outcome) {
-        match p.pick(c, &RequestFacts { prompt_blocks: blocks }) {
+        match p.pick(c, &RequestFacts { prompt_blocks: blocks, placement: None }) {
             Pick::Chosen { order, outcome } => (order[0], outcome),
             Pick::NoCandidates => panic!("no pick"),
         }
@@ -198,8 +223,8 @@ mod tests {
     fn misses_spread_over_pods_with_smaller_index_footprint() {
         let p = PrefixAware(PARAMS);
         let c = [
-            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 50 },
-            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 10 },
+            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 50, affinity: 0 },
+            Candidate { matched_blocks: 0, inflight: 0, index_blocks: 10, affinity: 0 },
         ];
         assert_eq!(first(&p, &c, 10).0, 1);
     }
@@ -211,6 +236,38 @@ mod tests {
         let seen: std::collections::HashSet<usize> = (0..3).map(|_| first(&rr, &c, 1).0).collect();
         assert_eq!(seen.len(), 3);
         assert_eq!(first(&LeastLoad, &c, 1).0, 1);
-        assert!(matches!(Random.pick(&[], &RequestFacts { prompt_blocks: 1 }), Pick::NoCandidates));
+        assert!(matches!(Random.pick(&[], &RequestFacts { prompt_blocks: 1, placement: None }), Pick::NoCandidates));
+    }
+
+    #[test]
+    fn a_prompt_no_pod_holds_is_placed_alike_whatever_the_local_load() {
+        let p = PrefixAware(PARAMS);
+        let pods = |loads: [u64; 4]| -> Vec<Candidate> {
+            (0..4)
+                .map(|i| Candidate {
+                    matched_blocks: 0,
+                    inflight: loads[i],
+                    index_blocks: 0,
+                    affinity: 1000 + i as u64,
+                })
+                .collect()
+        };
+        let pick =
+            |c: &[Candidate], key: u64| match p.pick(c, &RequestFacts { prompt_blocks: 10, placement: Some(key) }) {
+                Pick::Chosen { order, outcome } => (order[0], outcome),
+                Pick::NoCandidates => panic!("no pick"),
+            };
+        let mut spread = std::collections::HashSet::new();
+        for key in 0..64u64 {
+            // Two replicas with different in-flight counts (within the guard) agree.
+            let (a, outcome) = pick(&pods([0, 0, 0, 0]), key);
+            let (b, _) = pick(&pods([3, 0, 5, 1]), key);
+            assert_eq!((a, outcome), (b, Outcome::Miss), "key {key}");
+            spread.insert(a);
+        }
+        assert_eq!(spread.len(), 4, "different prompts spread over every pod");
+        // The guard still passes over an overloaded pod.
+        let key = (0..64u64).find(|k| pick(&pods([0; 4]), *k).0 == 2).expect("some key lands on pod 2");
+        assert_ne!(pick(&pods([0, 0, 20, 0]), key).0, 2);
     }
 }
