@@ -24,6 +24,8 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/prefix", post(prefix))
+        .route("/kv_event_sources", get(kv_event_sources))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&sim), stamp_id))
         .with_state(sim)
         .layer(axum::middleware::from_fn(log_request))
@@ -139,10 +141,10 @@ async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Fau
 async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
     let obj = parse_object(&body)?;
     let p = if obj.contains_key("messages") { sim.chat_prompt(&obj)? } else { sim.completion_prompts(&obj)? };
-    let seed = p.seed();
+    let keys = p.keys();
     let (mut prompt_tokens, mut cached_tokens, mut coming_tokens) = (0, 0, 0);
     for tokens in &p.prompts {
-        let hashes = super::cache::block_hashes(tokens, sim.block_size, seed);
+        let hashes = crate::kv_hash::block_hashes(tokens, sim.block_size, &keys);
         prompt_tokens += tokens.len();
         cached_tokens += sim.engine.cached_blocks(&hashes) * sim.block_size;
         coming_tokens += sim.engine.cached_or_coming_blocks(&hashes) * sim.block_size;
@@ -152,4 +154,18 @@ async fn prefix(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>,
         "cached_tokens": cached_tokens,
         "cached_or_coming_tokens": coming_tokens,
     })))
+}
+
+/// vLLM's resolved KV-events config per data-parallel rank (`{}` when events are off).
+async fn kv_event_sources(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(sim.kv_event_sources.clone())
+}
+
+/// Drops every cached block (emitting `AllBlocksCleared`); refused while requests hold blocks.
+async fn reset_prefix_cache(State(sim): State<Arc<Sim>>) -> Response {
+    if sim.engine.reset_prefix_cache() {
+        StatusCode::OK.into_response()
+    } else {
+        SimError::Conflict("the prefix cache cannot be reset while requests hold blocks".into()).into_response()
+    }
 }

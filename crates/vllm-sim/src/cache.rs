@@ -4,24 +4,37 @@
 //! finished requests' full blocks stay cached and are evicted least-recently-used first, the tail
 //! of a sequence before its head (as vLLM frees them in reverse order).
 
+use crate::kv_events::KvEvent;
+use crate::kv_hash::BlockKeys;
 use std::collections::{BTreeMap, HashMap};
-use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// Chained block hashes of the full blocks of `tokens`. `seed` carries what separates otherwise
-/// equal blocks: the LoRA adapter and `cache_salt`.
-pub fn block_hashes(tokens: &[u32], block_size: usize, seed: u64) -> Vec<u64> {
-    let mut parent = seed;
-    tokens
-        .chunks_exact(block_size)
-        .map(|block| {
-            let mut bytes = Vec::with_capacity(block.len() * 4);
-            for t in block {
-                bytes.extend_from_slice(&t.to_le_bytes());
-            }
-            parent = xxh3_64_with_seed(&bytes, parent);
-            parent
-        })
-        .collect()
+/// A prompt's full blocks as the engine names them (`sha256_cbor` event ids, chained, LoRA and
+/// `cache_salt` in the extra keys), with what a `BlockStored` event says about them.
+#[derive(Debug, Clone)]
+pub(crate) struct Seq {
+    pub hashes: Vec<u64>,
+    pub tokens: Vec<u32>,
+    pub block_size: usize,
+    pub keys: BlockKeys,
+}
+
+impl Seq {
+    pub(crate) fn new(tokens: &[u32], block_size: usize, keys: BlockKeys) -> Self {
+        let hashes = crate::kv_hash::block_hashes(tokens, block_size, &keys);
+        Self { hashes, tokens: tokens.to_vec(), block_size, keys }
+    }
+
+    /// Per block: nil, or the untagged extra values (vLLM's `to_event_extra_keys`); `None` when
+    /// no block has any.
+    fn event_extra_keys(&self, from: usize, to: usize) -> Option<Vec<Option<Vec<String>>>> {
+        let keys: Vec<Option<Vec<String>>> = (from..to)
+            .map(|i| {
+                let extras = self.keys.extras(i);
+                (!extras.is_empty()).then(|| extras.into_iter().map(|e| e.value).collect())
+            })
+            .collect();
+        keys.iter().any(Option::is_some).then_some(keys)
+    }
 }
 
 #[derive(Debug)]
@@ -53,11 +66,38 @@ pub struct BlockPool {
     free: BTreeMap<u64, u64>,
     tick: u64,
     anon: usize,
+    /// What changed since the last step was published (`None`: events off).
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockPool {
     pub fn new(capacity: usize, block_size: usize) -> Self {
-        Self { capacity, block_size, blocks: HashMap::new(), free: BTreeMap::new(), tick: 0, anon: 0 }
+        Self { capacity, block_size, blocks: HashMap::new(), free: BTreeMap::new(), tick: 0, anon: 0, events: None }
+    }
+
+    /// Records KV events from now on (drained by [`BlockPool::take_events`]).
+    pub(crate) fn with_events(mut self) -> Self {
+        self.events = Some(Vec::new());
+        self
+    }
+
+    /// The events since the last call, in the order they happened.
+    pub(crate) fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// `POST /reset_prefix_cache`: drops every cached block when none is in use (vLLM refuses
+    /// while requests hold blocks). Emits `AllBlocksCleared`.
+    pub(crate) fn reset(&mut self) -> bool {
+        if self.blocks.values().any(|b| b.refs > 0) || self.anon > 0 {
+            return false;
+        }
+        self.blocks.clear();
+        self.free.clear();
+        if let Some(ev) = self.events.as_mut() {
+            ev.push(KvEvent::AllCleared);
+        }
+        true
     }
 
     pub fn capacity(&self) -> usize {
@@ -118,6 +158,9 @@ impl BlockPool {
                 break;
             };
             self.blocks.remove(&victim);
+            if let Some(ev) = self.events.as_mut() {
+                ev.push(KvEvent::Removed { hash: victim });
+            }
         }
         self.anon += new_blocks;
         Some(Allocation {
@@ -129,7 +172,9 @@ impl BlockPool {
     }
 
     /// Prefill is done: the request's computed full blocks become cached (shared) blocks.
-    pub fn commit_prefill(&mut self, alloc: &mut Allocation) {
+    pub(crate) fn commit_prefill(&mut self, alloc: &mut Allocation, seq: &Seq) {
+        let first = alloc.hashed.len();
+        let mut stored: Vec<usize> = Vec::new();
         for h in std::mem::take(&mut alloc.pending) {
             alloc.anon -= 1;
             self.anon -= 1;
@@ -143,9 +188,36 @@ impl BlockPool {
                 }
                 None => {
                     self.blocks.insert(h, Block { refs: 1, free_key: None });
+                    stored.push(alloc.hashed.len());
                 }
             }
             alloc.hashed.push(h);
+        }
+        if self.events.is_some() {
+            self.stored_events(seq, first, &stored);
+        }
+    }
+
+    /// One `BlockStored` per run of consecutive newly cached blocks, parent = the block before.
+    fn stored_events(&mut self, seq: &Seq, first: usize, stored: &[usize]) {
+        let _ = first;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &i in stored {
+            match runs.last_mut() {
+                Some((_, end)) if *end == i => *end = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        let Some(events) = self.events.as_mut() else { return };
+        for (from, to) in runs {
+            events.push(KvEvent::Stored {
+                block_hashes: seq.hashes[from..to].to_vec(),
+                parent: from.checked_sub(1).map(|p| seq.hashes[p]),
+                token_ids: seq.tokens[from * seq.block_size..to * seq.block_size].to_vec(),
+                block_size: seq.block_size,
+                lora_name: seq.keys.lora.clone(),
+                extra_keys: seq.event_extra_keys(from, to),
+            });
         }
     }
 
@@ -170,11 +242,20 @@ impl BlockPool {
 mod tests {
     use super::*;
 
-    fn run(pool: &mut BlockPool, tokens: &[u32], seed: u64) -> usize {
-        let hashes = block_hashes(tokens, 16, seed);
-        let mut alloc = pool.admit(&hashes, tokens.len(), 0).expect("fits");
+    fn seq(tokens: &[u32], salt: u64) -> Seq {
+        let keys = BlockKeys { lora: None, cache_salt: (salt != 0).then(|| salt.to_string()) };
+        Seq::new(tokens, 16, keys)
+    }
+
+    fn block_hashes(tokens: &[u32], _: usize, salt: u64) -> Vec<u64> {
+        seq(tokens, salt).hashes
+    }
+
+    fn run(pool: &mut BlockPool, tokens: &[u32], salt: u64) -> usize {
+        let seq = seq(tokens, salt);
+        let mut alloc = pool.admit(&seq.hashes, tokens.len(), 0).expect("fits");
         let cached = alloc.cached_tokens;
-        pool.commit_prefill(&mut alloc);
+        pool.commit_prefill(&mut alloc, &seq);
         pool.release(alloc);
         cached
     }

@@ -2,7 +2,8 @@
 //! prefill is one shared compute resource (uncached tokens × `prefill_us_per_token`, one request
 //! at a time, as a GPU's prefill budget is shared), decode costs `decode_ms_per_token` per token.
 
-use super::cache::{Allocation, BlockPool};
+use super::cache::{Allocation, BlockPool, Seq};
+use super::kv_events::Publisher;
 use super::metrics::SimMetrics;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +23,8 @@ pub(crate) struct Engine {
     prefill: tokio::sync::Mutex<()>,
     timing: Timing,
     metrics: Arc<SimMetrics>,
+    /// Where each step's KV events go (`None`: events off).
+    publisher: Option<Publisher>,
 }
 
 struct State {
@@ -44,9 +47,33 @@ pub(crate) struct Running {
 }
 
 impl Engine {
-    pub(crate) fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>) -> Self {
+    pub(crate) fn new(pool: BlockPool, timing: Timing, metrics: Arc<SimMetrics>, publisher: Option<Publisher>) -> Self {
+        let pool = if publisher.is_some() { pool.with_events() } else { pool };
         let state = State { pool, waiting: VecDeque::new(), running: 0, next_id: 0, coming: HashMap::new() };
-        Self { state: Mutex::new(state), wake: Notify::new(), prefill: tokio::sync::Mutex::new(()), timing, metrics }
+        Self {
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            prefill: tokio::sync::Mutex::new(()),
+            timing,
+            metrics,
+            publisher,
+        }
+    }
+
+    /// `POST /reset_prefix_cache`: false while requests hold blocks.
+    pub(crate) fn reset_prefix_cache(&self) -> bool {
+        let mut st = self.lock();
+        let done = st.pool.reset();
+        self.publish(&mut st);
+        done
+    }
+
+    /// Publishes what the pool recorded since the last step (nothing when nothing changed). Sent
+    /// under the state lock so batches leave in the order the pool changed.
+    fn publish(&self, st: &mut State) {
+        if let Some(p) = &self.publisher {
+            p.publish(st.pool.take_events());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -75,7 +102,8 @@ impl Engine {
     }
 
     /// Waits for a slot and room in the pool (first come, first served), then runs prefill.
-    pub(crate) async fn start(self: &Arc<Self>, hashes: &[u64], prompt_tokens: usize, output_tokens: usize) -> Running {
+    pub(crate) async fn start(self: &Arc<Self>, seq: &Seq, output_tokens: usize) -> Running {
+        let (hashes, prompt_tokens) = (seq.hashes.as_slice(), seq.tokens.len());
         let arrived = Instant::now();
         let id = {
             let mut st = self.lock();
@@ -120,7 +148,8 @@ impl Engine {
         }
         if let Some(alloc) = running.alloc.as_mut() {
             let mut st = self.lock();
-            st.pool.commit_prefill(alloc);
+            st.pool.commit_prefill(alloc, seq);
+            self.publish(&mut st);
         }
         drop(coming);
         self.metrics.ttft.observe(arrived.elapsed().as_secs_f64());

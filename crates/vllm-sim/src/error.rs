@@ -13,6 +13,8 @@ pub(crate) enum SimError {
     Internal(String),
     #[error("injected tokenize failure")]
     Injected,
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl SimError {
@@ -20,6 +22,7 @@ impl SimError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) | Self::Injected => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -28,6 +31,7 @@ impl SimError {
         match self {
             Self::BadRequest(_) => "BadRequestError",
             Self::ModelNotFound(_) => "NotFoundError",
+            Self::Conflict(_) => "ConflictError",
             Self::Internal(_) | Self::Injected => "InternalServerError",
         }
     }

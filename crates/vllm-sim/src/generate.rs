@@ -43,7 +43,7 @@ struct Job {
     created: u64,
     max_tokens: usize,
     include_usage: bool,
-    seed: u64,
+    keys: crate::kv_hash::BlockKeys,
     prompts: Vec<Vec<u32>>,
 }
 
@@ -86,9 +86,9 @@ async fn serve(
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let id = format!("{prefix}-{:016x}", rand::random::<u64>());
-    let seed = p.seed();
+    let keys = p.keys();
     let job =
-        Job { sim: Arc::clone(&sim), kind, id, model, created, max_tokens, include_usage, seed, prompts: p.prompts };
+        Job { sim: Arc::clone(&sim), kind, id, model, created, max_tokens, include_usage, keys, prompts: p.prompts };
 
     if stream {
         // The task owns the running request; it ends (and frees it) when the client goes away.
@@ -129,8 +129,8 @@ impl Job {
         let engine = &self.sim.engine;
         let bs = self.sim.block_size;
         join_all(self.prompts.iter().map(|tokens| {
-            let hashes = super::cache::block_hashes(tokens, bs, self.seed);
-            async move { engine.start(&hashes, tokens.len(), self.max_tokens).await }
+            let seq = super::cache::Seq::new(tokens, bs, self.keys.clone());
+            async move { engine.start(&seq, self.max_tokens).await }
         }))
         .await
     }

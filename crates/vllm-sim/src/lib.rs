@@ -8,6 +8,8 @@ mod engine;
 mod error;
 pub mod faults;
 mod generate;
+pub mod kv_events;
+mod kv_hash;
 mod metrics;
 mod prompt;
 
@@ -78,6 +80,15 @@ pub struct Args {
     /// requests get 400.
     #[arg(long, default_value_t = false)]
     pub trust_request_chat_template: bool,
+    /// vLLM's `--kv-events-config` JSON: publish KV-cache events on ZMQ (off unless
+    /// `enable_kv_cache_events`; a port 0 binds any free port, reported by `/kv_event_sources`).
+    #[arg(long, value_parser = kv_events::KvEventsConfig::parse)]
+    pub kv_events_config: Option<kv_events::KvEventsConfig>,
+    /// vLLM's `--prefix-caching-hash-algo`. The sim always names blocks by `sha256_cbor` (vLLM's
+    /// default `sha256` hashes a Python pickle, which nothing outside Python can reproduce) and
+    /// says so in `vllm:cache_config_info`.
+    #[arg(long, default_value = "sha256_cbor", value_parser = ["sha256", "sha256_cbor"])]
+    pub prefix_caching_hash_algo: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +120,8 @@ pub(crate) struct Sim {
     pub faults: faults::FaultSwitch,
     pub created: u64,
     pub trust_request_chat_template: bool,
+    /// `GET /kv_event_sources`, resolved at start.
+    pub kv_event_sources: serde_json::Value,
 }
 
 impl Sim {
@@ -153,6 +166,16 @@ pub async fn run(
         max_num_seqs: args.max_num_seqs,
     };
     let pool = cache::BlockPool::new(args.num_gpu_blocks, args.block_size);
+    if args.prefix_caching_hash_algo != "sha256_cbor" {
+        tracing::warn!(requested = %args.prefix_caching_hash_algo, "block hashes are sha256_cbor (a pickle hash cannot be reproduced)");
+    }
+    let (publisher, kv_events) = match args.kv_events_config.clone().filter(kv_events::KvEventsConfig::publishes) {
+        Some(cfg) => {
+            let (p, cfg) = kv_events::start(cfg).await.map_err(StartError::Config)?;
+            (Some(p), Some(cfg))
+        }
+        None => (None, args.kv_events_config.clone()),
+    };
     let sim = Arc::new(Sim {
         tokenizer,
         root: args.model.clone(),
@@ -163,7 +186,8 @@ pub async fn run(
         default_max_tokens: args.default_max_tokens,
         id: args.id.clone().unwrap_or_else(|| bound.to_string()),
         trust_request_chat_template: args.trust_request_chat_template,
-        engine: Arc::new(engine::Engine::new(pool, timing, Arc::clone(&metrics))),
+        engine: Arc::new(engine::Engine::new(pool, timing, Arc::clone(&metrics), publisher)),
+        kv_event_sources: kv_events.map_or_else(|| serde_json::json!({}), |c| c.sources()),
         metrics,
         faults: faults::FaultSwitch::new(faults),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),

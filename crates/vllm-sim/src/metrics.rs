@@ -44,7 +44,9 @@ impl SimMetrics {
             opts("vllm:cache_config_info", "Information of the KV cache config")
                 .const_label("block_size", block_size.to_string())
                 .const_label("num_gpu_blocks", num_gpu_blocks.to_string())
-                .const_label("enable_prefix_caching", "True"),
+                .const_label("enable_prefix_caching", "True")
+                .const_label("prefix_caching_hash_algo", "sha256_cbor")
+                .const_label("hash_block_size", block_size.to_string()),
         )?;
         info.set(1.0);
         for c in [

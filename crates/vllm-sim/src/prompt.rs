@@ -128,16 +128,8 @@ fn ids_of(items: &[Value]) -> Result<Vec<u32>, SimError> {
 }
 
 impl Prompted {
-    /// The hash seed that separates this request's blocks from equal tokens of another adapter
-    /// or salt.
-    pub(crate) fn seed(&self) -> u64 {
-        let mut seed = 0u64;
-        if let Some(lora) = &self.lora {
-            seed = xxhash_rust::xxh3::xxh3_64_with_seed(lora.as_bytes(), seed ^ 1);
-        }
-        if let Some(salt) = &self.cache_salt {
-            seed = xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), seed ^ 2);
-        }
-        seed
+    /// What separates this request's blocks from equal tokens of another adapter or salt.
+    pub(crate) fn keys(&self) -> crate::kv_hash::BlockKeys {
+        crate::kv_hash::BlockKeys { lora: self.lora.clone(), cache_salt: self.cache_salt.clone() }
     }
 }
