@@ -34,6 +34,7 @@ fn router(pods: usize) -> Router {
         fallbacks: 0,
         max_inflight_per_pod: 0,
         trust_request_chat_template: false,
+        pending_ttl: std::time::Duration::from_secs(3),
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     Router::new(registry, Arc::new(LocalTokenizer::new(4, None)), cfg, metrics)

@@ -189,6 +189,23 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Subscribe to each vLLM pod's KV-cache events (`GET /kv_event_sources`, ZMQ) and route on
+    /// what pods report holding; pods without events keep the routing-history index.
+    #[arg(long, env = "PREFIX_ROUTER_KV_EVENTS", default_value_t = false, default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
+    pub kv_events: bool,
+    /// Where a pod publishes events when it does not serve `/kv_event_sources` (`{ip}`, `{port}`).
+    #[arg(long, env = "PREFIX_ROUTER_KV_EVENTS_ENDPOINT_TEMPLATE", default_value = "tcp://{ip}:5557")]
+    pub kv_events_endpoint_template: String,
+    /// Its replay socket in that case (none by default: no replay, a lost event degrades the pod).
+    #[arg(long, env = "PREFIX_ROUTER_KV_EVENTS_REPLAY_TEMPLATE")]
+    pub kv_events_replay_template: Option<String>,
+    /// How long a routed prefix counts as on its pod before the pod's events confirm it.
+    #[arg(long, env = "PREFIX_ROUTER_KV_EVENTS_PENDING_TTL", default_value = "3s", value_parser = duration)]
+    pub kv_events_pending_ttl: Duration,
+    /// Longest a replay may take before the pod is marked degraded.
+    #[arg(long, env = "PREFIX_ROUTER_KV_EVENTS_REPLAY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub kv_events_replay_timeout: Duration,
+
     /// A routed request stops counting against its pod after this long even if Envoy never ends it.
     #[arg(long, env = "PREFIX_ROUTER_INFLIGHT_TTL", default_value = "10m", value_parser = duration)]
     pub inflight_ttl: Duration,
@@ -210,6 +227,7 @@ impl Config {
             fallbacks: self.fallback_endpoints,
             max_inflight_per_pod: self.max_inflight_per_pod,
             trust_request_chat_template: self.trust_request_chat_template,
+            pending_ttl: self.kv_events_pending_ttl,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod discovery;
 pub mod extproc;
+pub mod kv_events;
 pub mod metrics;
 pub mod openai;
 pub mod routing;

@@ -72,6 +72,7 @@ pub(crate) fn routing_config() -> RoutingConfig {
         fallbacks: 0,
         max_inflight_per_pod: 0,
         trust_request_chat_template: false,
+        pending_ttl: std::time::Duration::from_secs(3),
     }
 }
 

@@ -46,6 +46,48 @@ pub struct Endpoint {
     inflight: AtomicU64,
     /// Out of routing until a probe passes (see `health`).
     ejected: AtomicBool,
+    /// How far routing may trust this pod's KV events (set by the subscriber).
+    trust: std::sync::atomic::AtomicU8,
+}
+
+/// How routing sees a pod's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// No events: the router's own routing history stands in for the cache.
+    History,
+    /// Events were flowing but some were lost and could not be replayed: history again.
+    Degraded,
+    /// Subscribed and replayed: the event index is what the pod holds.
+    Exact,
+}
+
+impl Trust {
+    pub fn label(self) -> &'static str {
+        match self {
+            Trust::History => "history",
+            Trust::Degraded => "degraded",
+            Trust::Exact => "exact",
+        }
+    }
+}
+
+impl Endpoint {
+    pub fn trust(&self) -> Trust {
+        match self.trust.load(Ordering::Acquire) {
+            2 => Trust::Exact,
+            1 => Trust::Degraded,
+            _ => Trust::History,
+        }
+    }
+
+    pub fn set_trust(&self, t: Trust) {
+        let v = match t {
+            Trust::History => 0,
+            Trust::Degraded => 1,
+            Trust::Exact => 2,
+        };
+        self.trust.store(v, Ordering::Release);
+    }
 }
 
 impl Endpoint {
@@ -202,6 +244,7 @@ impl Registry {
                         affinity: xxhash_rust::xxh3::xxh3_64(ep.addr.to_string().as_bytes()),
                         inflight: AtomicU64::new(0),
                         ejected: AtomicBool::new(false),
+                        trust: std::sync::atomic::AtomicU8::new(0),
                     })
                 });
                 if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {

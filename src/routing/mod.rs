@@ -1,14 +1,14 @@
 //! The decision path: model → ready pods → tokens → block hashes → index lookup → policy pick →
 //! record + in-flight guard. Nothing here knows about ext_proc or HTTP.
 
-use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot};
+use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
 use crate::tokenizer::{Tokenize, TokenizeError};
 use prefix_index::policy::{
     Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
-use prefix_index::{block_hashes, HashSeed, PodId, PrefixIndex};
+use prefix_index::{block_hashes, Change, HashSeed, PodId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -69,11 +69,13 @@ pub struct RoutingConfig {
     pub max_inflight_per_pod: u64,
     /// Accept a `chat_template` sent in the request (vLLM refuses it unless so started).
     pub trust_request_chat_template: bool,
+    /// How long a decision counts as "sent, not yet reported" for pods with trusted events.
+    pub pending_ttl: std::time::Duration,
 }
 
 /// Per-model routing state: its prefix index and its policy object.
 struct ModelState {
-    index: RwLock<PrefixIndex>,
+    index: RwLock<Indexes>,
     policy: Box<dyn Policy>,
 }
 
@@ -156,13 +158,14 @@ impl Router {
         }
         let facts: Vec<Candidate> = {
             let index = state.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let matches = index.lookup(lookup);
+            let any_exact = candidates.iter().any(|e| e.trust() == Trust::Exact);
+            let matches = index.lookup(lookup, any_exact);
             candidates
                 .iter()
                 .map(|e| Candidate {
-                    matched_blocks: matches.get(e.id),
+                    matched_blocks: matches.matched(e.id, e.trust()),
                     inflight: e.inflight(),
-                    index_blocks: index.pod_blocks(e.id),
+                    index_blocks: index.pod_blocks(e.id, e.trust()),
                     affinity: e.affinity,
                 })
                 .collect()
@@ -227,6 +230,25 @@ impl Router {
         }
     }
 
+    /// Applies a pod's KV-event changes to its model's event index.
+    pub fn apply_events(&self, model: &str, pod: PodId, changes: &[Change]) -> Applied {
+        let state = self.model_state(model);
+        let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.apply(model, pod, changes)
+    }
+
+    /// The pod's reported cache is void (it restarted, or events were lost): forget it.
+    pub fn forget_events(&self, model: &str, pod: PodId) {
+        let state = self.model_state(model);
+        state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner).forget_events(pod);
+    }
+
+    /// Entries in every model's event index.
+    pub fn event_entries(&self) -> usize {
+        let models = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        models.values().map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_entries()).sum()
+    }
+
     /// Models discovery knows now.
     pub fn model_count(&self) -> usize {
         self.registry.snapshot().models.len()
@@ -267,7 +289,7 @@ impl Router {
         let mut models = self.models.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {
             Arc::new(ModelState {
-                index: RwLock::new(PrefixIndex::new(self.cfg.index_blocks_per_pod)),
+                index: RwLock::new(Indexes::new(self.cfg.index_blocks_per_pod, self.cfg.pending_ttl)),
                 policy: make_policy(&self.cfg),
             })
         }))
@@ -280,7 +302,7 @@ impl Router {
         for (name, state) in models.iter() {
             let live: HashSet<PodId> = snapshot.models[name].endpoints.iter().map(|e| e.id).collect();
             let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let gone: Vec<PodId> = index.pods().filter(|p| !live.contains(p)).collect();
+            let gone: Vec<PodId> = index.pods().into_iter().filter(|p| !live.contains(p)).collect();
             for pod in gone {
                 index.remove_pod(pod);
             }
@@ -311,7 +333,7 @@ impl Router {
             let index = models.get(name).map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner));
             for e in &model.endpoints {
                 s.inflight.push((name.clone(), e.addr.to_string(), e.inflight()));
-                let blocks = index.as_ref().map_or(0, |i| i.pod_blocks(e.id));
+                let blocks = index.as_ref().map_or(0, |i| i.pod_blocks(e.id, e.trust()));
                 s.index_blocks.push((name.clone(), e.addr.to_string(), blocks as u64));
             }
         }
@@ -328,5 +350,9 @@ fn make_policy(cfg: &RoutingConfig) -> Box<dyn Policy> {
     }
 }
 
+mod indexes;
 #[cfg(test)]
 mod tests;
+
+pub use indexes::Applied;
+use indexes::Indexes;

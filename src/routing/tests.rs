@@ -179,7 +179,7 @@ async fn a_pod_removed_while_a_decision_is_under_way_is_not_re_added_to_the_inde
     let gone = d.endpoints[0].id;
     let state = k.router.model_state("m");
     let index = state.index.read().expect("lock");
-    assert!(index.pods().all(|p| p != gone), "the removed pod's blocks were not recorded after its purge");
+    assert!(index.pods().into_iter().all(|p| p != gone), "the removed pod's blocks were not recorded after its purge");
 }
 
 #[tokio::test]
@@ -190,7 +190,11 @@ async fn a_block_aligned_prompt_s_last_block_is_not_counted_as_cached() {
     let first = k.router.route(&completion("m", "abcdefgh")).await.expect("routed");
     assert_eq!(first.outcome, Outcome::Miss);
     let state = k.router.model_state("m");
-    assert_eq!(state.index.read().expect("lock").pod_blocks(first.endpoints[0].id), 2, "both blocks recorded");
+    assert_eq!(
+        state.index.read().expect("lock").pod_blocks(first.endpoints[0].id, Trust::History),
+        2,
+        "both blocks recorded"
+    );
     drop((state, first));
     let again = k.router.route(&completion("m", "abcdefgh")).await.expect("routed");
     assert_eq!(again.outcome, Outcome::PrefixHit);

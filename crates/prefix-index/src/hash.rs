@@ -27,7 +27,12 @@ impl HashSeed {
 /// Hashes of the full blocks of `tokens`; a partial last block is not cached by the engine and
 /// is not hashed here.
 pub fn block_hashes(tokens: &[u32], block_size: usize, seed: HashSeed) -> Vec<u64> {
-    let mut parent = seed.0;
+    extend_hashes(seed.0, tokens, block_size)
+}
+
+/// The chain continued from a parent block's hash (`seed.value()` for a sequence's first block).
+pub fn extend_hashes(parent: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
+    let mut parent = parent;
     let mut buf = Vec::with_capacity(block_size * 4);
     tokens
         .chunks_exact(block_size.max(1))

@@ -36,6 +36,11 @@ impl PrefixIndex {
         Self { blocks: HashMap::new(), pods: HashMap::new(), blocks_per_pod: blocks_per_pod.max(1) }
     }
 
+    /// The most blocks each pod may hold here.
+    pub fn blocks_per_pod(&self) -> usize {
+        self.blocks_per_pod
+    }
+
     /// For each pod, how many of `hashes` it holds from the start without a gap.
     pub fn lookup(&self, hashes: &[u64]) -> Matches {
         let mut by_pod: Vec<(PodId, usize)> = Vec::new();

@@ -3,9 +3,11 @@
 //! "how many leading blocks of this prompt does each pod hold", and a policy turns those facts and
 //! each pod's load into an order of preference. See README.md beside this crate for the invariants.
 
+pub mod events;
 mod hash;
 mod index;
 pub mod policy;
 
-pub use hash::{block_hashes, HashSeed};
+pub use events::{Change, EventIndex, Medium};
+pub use hash::{block_hashes, extend_hashes, HashSeed};
 pub use index::{Matches, PodId, PrefixIndex};

@@ -1,0 +1,148 @@
+//! A model's three views of the pods' caches, kept under one lock so a decision sees them
+//! consistently:
+//! - `events`: what pods report holding (vLLM KV events) — used for pods whose trust is `exact`;
+//! - `recent`: what the router sent a pod in the last one to two `pending_ttl`s and the pod has
+//!   not necessarily reported yet (a burst sharing a new prefix must not scatter before the first
+//!   prefill ends) — combined with `events` for `exact` pods;
+//! - `history`: every routing decision, LRU-bounded — the whole view for pods without trusted
+//!   events (`history`, `degraded`).
+
+use crate::discovery::Trust;
+use crate::tokenizer::TokenSpace;
+use prefix_index::{Change, EventIndex, HashSeed, Matches, PodId, PrefixIndex};
+use std::time::{Duration, Instant};
+
+pub(super) struct Indexes {
+    history: PrefixIndex,
+    /// Two generations: entries live between one and two `pending_ttl`s.
+    recent: [PrefixIndex; 2],
+    rotated: Instant,
+    pending_ttl: Duration,
+    events: EventIndex,
+}
+
+/// Counts of what one batch of changes did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub stored: usize,
+    pub removed: usize,
+    pub cleared: usize,
+    /// `BlockStored` dropped: parent unknown (a missed event) or malformed.
+    pub dropped: usize,
+}
+
+/// One pod's leading matched blocks, from the views its trust allows.
+pub(super) struct Lookup {
+    history: Matches,
+    recent: [Matches; 2],
+    events: Matches,
+}
+
+impl Lookup {
+    pub(super) fn matched(&self, pod: PodId, trust: Trust) -> usize {
+        match trust {
+            Trust::Exact => self.events.get(pod).max(self.recent[0].get(pod)).max(self.recent[1].get(pod)),
+            Trust::History | Trust::Degraded => self.history.get(pod),
+        }
+    }
+}
+
+impl Indexes {
+    pub(super) fn new(blocks_per_pod: usize, pending_ttl: Duration) -> Self {
+        Self {
+            history: PrefixIndex::new(blocks_per_pod),
+            recent: [PrefixIndex::new(blocks_per_pod), PrefixIndex::new(blocks_per_pod)],
+            rotated: Instant::now(),
+            pending_ttl,
+            events: EventIndex::new(),
+        }
+    }
+
+    pub(super) fn lookup(&self, hashes: &[u64], any_exact: bool) -> Lookup {
+        let none = || Matches::default();
+        Lookup {
+            history: self.history.lookup(hashes),
+            recent: if any_exact {
+                [self.recent[0].lookup(hashes), self.recent[1].lookup(hashes)]
+            } else {
+                [none(), none()]
+            },
+            events: if any_exact { self.events.lookup(hashes) } else { none() },
+        }
+    }
+
+    /// A decision: the pod will hold these blocks (history, and pending until reported).
+    pub(super) fn record(&mut self, pod: PodId, hashes: &[u64]) {
+        if self.rotated.elapsed() >= self.pending_ttl {
+            let [newer, older] = &mut self.recent;
+            *older = std::mem::replace(newer, PrefixIndex::new(self.history.blocks_per_pod()));
+            self.rotated = Instant::now();
+        }
+        self.history.record(pod, hashes);
+        self.recent[0].record(pod, hashes);
+    }
+
+    /// Blocks attributed to a pod by the view its trust allows.
+    pub(super) fn pod_blocks(&self, pod: PodId, trust: Trust) -> usize {
+        match trust {
+            Trust::Exact => self.events.pod_blocks(pod).max(self.recent[0].pod_blocks(pod)),
+            Trust::History | Trust::Degraded => self.history.pod_blocks(pod),
+        }
+    }
+
+    pub(super) fn remove_pod(&mut self, pod: PodId) {
+        self.history.remove_pod(pod);
+        for r in &mut self.recent {
+            r.remove_pod(pod);
+        }
+        self.events.clear_pod(pod);
+    }
+
+    pub(super) fn pods(&self) -> Vec<PodId> {
+        let mut pods: Vec<PodId> = self.history.pods().chain(self.events.pods()).collect();
+        pods.sort_unstable();
+        pods.dedup();
+        pods
+    }
+
+    /// The pod's events are void (restart, lost events): it holds nothing we know of, including
+    /// what was sent to it before.
+    pub(super) fn forget_events(&mut self, pod: PodId) {
+        self.events.clear_pod(pod);
+        for r in &mut self.recent {
+            r.remove_pod(pod);
+        }
+    }
+
+    /// Applies a pod's changes; `model` seeds blocks that start a sequence (their LoRA name when
+    /// they carry one), in the engine's token space, where engine-tokenized requests hash too.
+    pub(super) fn apply(&mut self, model: &str, pod: PodId, changes: &[Change]) -> Applied {
+        let mut out = Applied::default();
+        for c in changes {
+            match c {
+                Change::Stored { parent, block_hashes, token_ids, block_size, lora_name, cache_salt, medium } => {
+                    let name = lora_name.as_deref().unwrap_or(model);
+                    let seed = HashSeed::new(name, cache_salt.as_deref(), TokenSpace::Engine.id());
+                    match self.events.store(pod, *parent, block_hashes, token_ids, *block_size, seed, *medium) {
+                        Ok(n) => out.stored += n,
+                        Err(_) => out.dropped += 1,
+                    }
+                }
+                Change::Removed { block_hashes, medium } => {
+                    self.events.remove(pod, block_hashes, *medium);
+                    out.removed += block_hashes.len();
+                }
+                Change::Cleared => {
+                    self.forget_events(pod);
+                    out.cleared += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Entries in the event index (for memory figures).
+    pub(super) fn event_entries(&self) -> usize {
+        self.events.len()
+    }
+}
