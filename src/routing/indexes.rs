@@ -9,7 +9,7 @@
 
 use crate::discovery::Trust;
 use crate::tokenizer::TokenSpace;
-use prefix_index::{Change, EventIndex, HashSeed, Matches, PodId, PrefixIndex};
+use prefix_index::{Blocks, Change, EventIndex, HashSeed, Matches, PodId, PrefixIndex};
 use std::time::{Duration, Instant};
 
 pub(super) struct Indexes {
@@ -123,7 +123,14 @@ impl Indexes {
                 Change::Stored { parent, block_hashes, token_ids, block_size, lora_name, cache_salt, medium } => {
                     let name = lora_name.as_deref().unwrap_or(model);
                     let seed = HashSeed::new(name, cache_salt.as_deref(), TokenSpace::Engine.id());
-                    match self.events.store(pod, *parent, block_hashes, token_ids, *block_size, seed, *medium) {
+                    let blocks = Blocks {
+                        parent: *parent,
+                        engine_hashes: block_hashes,
+                        token_ids,
+                        block_size: *block_size,
+                        medium: *medium,
+                    };
+                    match self.events.store(pod, &blocks, seed) {
                         Ok(n) => out.stored += n,
                         Err(_) => out.dropped += 1,
                     }

@@ -55,6 +55,16 @@ struct PodBlocks {
     by_engine: HashMap<(u64, Medium), u64>,
 }
 
+/// The blocks of one `BlockStored`.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocks<'a> {
+    pub parent: Option<u64>,
+    pub engine_hashes: &'a [u64],
+    pub token_ids: &'a [u32],
+    pub block_size: usize,
+    pub medium: Medium,
+}
+
 #[derive(Debug, Default)]
 pub struct EventIndex {
     /// Own hash → the pods holding it, with the medium.
@@ -79,16 +89,8 @@ impl EventIndex {
     /// Applies a `BlockStored`: `engine_hashes[i]` names the block of
     /// `token_ids[i*block_size..(i+1)*block_size]`, chained after `parent` (an engine hash) or,
     /// when `parent` is `None`, from `seed` (the model or LoRA name and the salt).
-    pub fn store(
-        &mut self,
-        pod: PodId,
-        parent: Option<u64>,
-        engine_hashes: &[u64],
-        token_ids: &[u32],
-        block_size: usize,
-        seed: HashSeed,
-        medium: Medium,
-    ) -> Result<usize, StoreError> {
+    pub fn store(&mut self, pod: PodId, blocks: &Blocks<'_>, seed: HashSeed) -> Result<usize, StoreError> {
+        let Blocks { parent, engine_hashes, token_ids, block_size, medium } = *blocks;
         if block_size == 0 || token_ids.len() != engine_hashes.len() * block_size {
             return Err(StoreError::Malformed);
         }
@@ -215,6 +217,20 @@ mod tests {
     const A: PodId = PodId(1);
     const B: PodId = PodId(2);
 
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        idx: &mut EventIndex,
+        pod: PodId,
+        parent: Option<u64>,
+        engine_hashes: &[u64],
+        token_ids: &[u32],
+        block_size: usize,
+        seed: HashSeed,
+        medium: Medium,
+    ) -> Result<usize, StoreError> {
+        idx.store(pod, &Blocks { parent, engine_hashes, token_ids, block_size, medium }, seed)
+    }
+
     fn seed() -> HashSeed {
         HashSeed::new("m", None, 0x0e0e)
     }
@@ -224,17 +240,17 @@ mod tests {
         let mut idx = EventIndex::new();
         let tokens: Vec<u32> = (0..48).collect();
         // Two events: blocks 0-1 from the start, then block 2 chained on the engine's block 1.
-        assert_eq!(idx.store(A, None, &[900, 901], &tokens[..32], 16, seed(), Medium::Gpu), Ok(2));
-        assert_eq!(idx.store(A, Some(901), &[902], &tokens[32..], 16, seed(), Medium::Gpu), Ok(1));
+        assert_eq!(put(&mut idx, A, None, &[900, 901], &tokens[..32], 16, seed(), Medium::Gpu), Ok(2));
+        assert_eq!(put(&mut idx, A, Some(901), &[902], &tokens[32..], 16, seed(), Medium::Gpu), Ok(1));
         let request = block_hashes(&tokens, 16, seed());
         assert_eq!(idx.lookup(&request).get(A), 3);
         idx.remove(A, &[901], Medium::Gpu);
         assert_eq!(idx.lookup(&request).get(A), 1, "a gap ends the run");
         assert_eq!(
-            idx.store(B, Some(777), &[1], &tokens[..16], 16, seed(), Medium::Gpu),
+            put(&mut idx, B, Some(777), &[1], &tokens[..16], 16, seed(), Medium::Gpu),
             Err(StoreError::UnknownParent)
         );
-        assert_eq!(idx.store(B, None, &[1, 2], &tokens[..16], 16, seed(), Medium::Gpu), Err(StoreError::Malformed));
+        assert_eq!(put(&mut idx, B, None, &[1, 2], &tokens[..16], 16, seed(), Medium::Gpu), Err(StoreError::Malformed));
         idx.clear_pod(A);
         assert!(idx.is_empty());
         assert_eq!(idx.lookup(&request).best(), 0);
@@ -244,12 +260,12 @@ mod tests {
     fn another_seed_never_matches_and_offloaded_blocks_count_for_less() {
         let mut idx = EventIndex::new();
         let tokens: Vec<u32> = (0..64).collect();
-        idx.store(A, None, &[1, 2, 3, 4], &tokens, 16, HashSeed::new("m", Some("tenant-a"), 0x0e0e), Medium::Gpu)
+        put(&mut idx, A, None, &[1, 2, 3, 4], &tokens, 16, HashSeed::new("m", Some("tenant-a"), 0x0e0e), Medium::Gpu)
             .expect("stored");
         assert_eq!(idx.lookup(&block_hashes(&tokens, 16, seed())).get(A), 0, "salted blocks are another space");
-        idx.store(B, None, &[1, 2, 3, 4], &tokens, 16, seed(), Medium::Offloaded).expect("stored");
+        put(&mut idx, B, None, &[1, 2, 3, 4], &tokens, 16, seed(), Medium::Offloaded).expect("stored");
         assert_eq!(idx.lookup(&block_hashes(&tokens, 16, seed())).get(B), 2, "4 offloaded blocks weigh 2");
-        idx.store(B, None, &[1, 2, 3, 4], &tokens, 16, seed(), Medium::Gpu).expect("stored");
+        put(&mut idx, B, None, &[1, 2, 3, 4], &tokens, 16, seed(), Medium::Gpu).expect("stored");
         assert_eq!(idx.lookup(&block_hashes(&tokens, 16, seed())).get(B), 4, "held on GPU too: the better counts");
     }
 }

@@ -8,6 +8,6 @@ mod hash;
 mod index;
 pub mod policy;
 
-pub use events::{Change, EventIndex, Medium};
+pub use events::{Blocks, Change, EventIndex, Medium};
 pub use hash::{block_hashes, extend_hashes, HashSeed};
 pub use index::{Matches, PodId, PrefixIndex};
