@@ -42,6 +42,10 @@ pub struct Metrics {
     pub tokenize_degraded: IntCounterVec,
     /// Pods taken out of routing, by reason.
     pub endpoint_ejections: IntCounterVec,
+    /// KV events applied and subscription occurrences, by kind.
+    pub kv_events: IntCounterVec,
+    /// Seconds from a batch's engine timestamp to its application here.
+    pub kv_event_lag: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -111,6 +115,17 @@ impl Metrics {
             Opts::new("prefix_router_endpoint_ejections_total", "Pods taken out of routing on a sign of death"),
             &["reason"],
         )?;
+        let kv_events = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_kv_events_total",
+                "KV events: blocks stored/removed, clears, dropped batches, gaps and replays by result",
+            ),
+            &["kind"],
+        )?;
+        let kv_event_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new("prefix_router_kv_event_lag_seconds", "Engine timestamp of a KV-event batch to its use")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
         for c in [
             &decisions as &dyn CollectorClone,
             &phase_us,
@@ -126,6 +141,8 @@ impl Metrics {
             &piece_tokens,
             &tokenize_degraded,
             &endpoint_ejections,
+            &kv_events,
+            &kv_event_lag,
         ] {
             registry.register(c.boxed())?;
         }
@@ -145,6 +162,8 @@ impl Metrics {
             piece_tokens,
             tokenize_degraded,
             endpoint_ejections,
+            kv_events,
+            kv_event_lag,
         })
     }
 
@@ -184,6 +203,8 @@ pub struct StateSample {
     pub endpoints: Vec<(String, u64)>,
     /// (model, ready endpoints ejected from routing)
     pub ejected: Vec<(String, u64)>,
+    /// (model, trust state, endpoints)
+    pub trust: Vec<(String, &'static str, u64)>,
     /// (model, pod address, blocks indexed)
     pub index_blocks: Vec<(String, String, u64)>,
     /// Models with a remote tokenizer entry (None when remote tokenization is off).
@@ -196,6 +217,7 @@ struct Gauges {
     inflight: IntGaugeVec,
     endpoints: IntGaugeVec,
     ejected: IntGaugeVec,
+    trust: IntGaugeVec,
     index: IntGaugeVec,
     tok_models: IntGaugeVec,
     tok_endpoints: IntGaugeVec,
@@ -207,6 +229,11 @@ fn gauges() -> Result<Gauges, prometheus::Error> {
         inflight: vec("prefix_router_inflight_requests", "Routed requests not yet finished", &["model", "pod"])?,
         endpoints: vec("prefix_router_endpoints", "Ready endpoints per model", &["model"])?,
         ejected: vec("prefix_router_endpoints_ejected", "Ready endpoints out of routing (sign of death)", &["model"])?,
+        trust: vec(
+            "prefix_router_endpoints_by_trust",
+            "Ready endpoints by how routing sees their cache: exact (KV events), degraded, history",
+            &["model", "state"],
+        )?,
         index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "pod"])?,
         tok_models: vec("prefix_router_tokenizer_pool_models", "Models with a remote tokenizer entry", &[])?,
         tok_endpoints: vec(
@@ -253,10 +280,15 @@ impl<F: Fn() -> StateSample + Send + Sync> Collector for StateCollector<F> {
         for (model, n) in &s.ejected {
             g.ejected.with_label_values(&[model]).set(*n as i64);
         }
+        for (model, state, n) in &s.trust {
+            g.trust.with_label_values(&[model.as_str(), state]).set(*n as i64);
+        }
         for (model, pod, n) in &s.index_blocks {
             g.index.with_label_values(&[model, pod]).set(*n as i64);
         }
-        let mut out = [g.inflight.collect(), g.endpoints.collect(), g.ejected.collect(), g.index.collect()].concat();
+        let mut out =
+            [g.inflight.collect(), g.endpoints.collect(), g.ejected.collect(), g.trust.collect(), g.index.collect()]
+                .concat();
         if let Some(n) = s.tokenizer_models {
             g.tok_models.with_label_values::<&str>(&[]).set(n as i64);
             for (model, state, n) in &s.tokenizer_endpoints {

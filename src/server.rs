@@ -134,6 +134,17 @@ pub async fn run(
         Source::Kube(kube) => tasks.spawn(kube.watch(Arc::clone(&registry), stop_rx.clone())),
     };
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
+    if cfg.kv_events {
+        let sink =
+            Arc::new(crate::kv_events::RouterSink { router: Arc::clone(&router), metrics: Arc::clone(&metrics) });
+        let settings = crate::kv_events::Settings {
+            endpoint_template: cfg.kv_events_endpoint_template.clone(),
+            replay_template: cfg.kv_events_replay_template.clone(),
+            replay_timeout: cfg.kv_events_replay_timeout,
+            rediscover: std::time::Duration::from_secs(30),
+        };
+        tasks.spawn(crate::kv_events::follow_discovery(Arc::clone(&registry), sink, settings, stop_rx.clone()));
+    }
     tasks.spawn(crate::discovery::health::probe(
         Arc::clone(&registry),
         Arc::clone(&metrics),
@@ -295,7 +306,8 @@ async fn endpoints_handler(
                 "local_tokenizer": m.tokenizer.is_some(),
                 "endpoints": m.endpoints.iter().map(|e| serde_json::json!({
                     "address": e.addr.to_string(), "engine": format!("{:?}", e.engine).to_lowercase(),
-                    "inflight": e.inflight(), "routable": e.is_routable(),
+                    "inflight": e.inflight(), "routable": e.is_routable(), "trust": e.trust().label(),
+                    "event_blocks": a.router.event_blocks(&m.name, e.id),
                 })).collect::<Vec<_>>(),
             })
         })

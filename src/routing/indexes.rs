@@ -148,6 +148,11 @@ impl Indexes {
         out
     }
 
+    /// Blocks the pod reports holding.
+    pub(super) fn event_blocks(&self, pod: PodId) -> usize {
+        self.events.pod_blocks(pod)
+    }
+
     /// Entries in the event index (for memory figures).
     pub(super) fn event_entries(&self) -> usize {
         self.events.len()

@@ -243,6 +243,14 @@ impl Router {
         state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner).forget_events(pod);
     }
 
+    /// Blocks a pod reports holding (its KV events), 0 when unknown.
+    pub fn event_blocks(&self, model: &str, pod: PodId) -> usize {
+        let models = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        models
+            .get(model)
+            .map_or(0, |m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_blocks(pod))
+    }
+
     /// Entries in every model's event index.
     pub fn event_entries(&self) -> usize {
         let models = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -330,6 +338,10 @@ impl Router {
         for (name, model) in &snapshot.models {
             s.endpoints.push((name.clone(), model.endpoints.len() as u64));
             s.ejected.push((name.clone(), model.endpoints.iter().filter(|e| !e.is_routable()).count() as u64));
+            for t in [Trust::Exact, Trust::Degraded, Trust::History] {
+                let n = model.endpoints.iter().filter(|e| e.trust() == t).count() as u64;
+                s.trust.push((name.clone(), t.label(), n));
+            }
             let index = models.get(name).map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner));
             for e in &model.endpoints {
                 s.inflight.push((name.clone(), e.addr.to_string(), e.inflight()));

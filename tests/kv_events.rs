@@ -1,0 +1,153 @@
+//! KV events end to end: real `vllm-sim` pods publishing as vLLM 0.33 does, the real router
+//! subscribed to them. What the router's index holds is read from `/debug/endpoints`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{free_port, router};
+use common::procs::{sim_at, Proc};
+use common::{client, metric};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const REMOTE: [&str; 4] =
+    ["--enable-vllm-remote-tokenizer", "true", "--vllm-tokenizer-endpoint-template", "http://{ip}:{port}"];
+
+fn events_config(pub_port: u16, replay_port: u16) -> String {
+    json!({"enable_kv_cache_events": true, "publisher": "zmq",
+           "endpoint": format!("tcp://127.0.0.1:{pub_port}"),
+           "replay_endpoint": format!("tcp://127.0.0.1:{replay_port}"), "topic": "kv"})
+    .to_string()
+}
+
+struct Pod {
+    proc: Option<Proc>,
+    port: u16,
+    config: String,
+    id: String,
+}
+
+impl Pod {
+    fn start(id: &str) -> Pod {
+        let (port, config) = (free_port(), events_config(free_port(), free_port()));
+        let mut pod = Pod { proc: None, port, config, id: id.into() };
+        pod.restart();
+        pod
+    }
+
+    /// (Re)starts the sim on the same ports: a new engine process, empty cache, seq from 0.
+    fn restart(&mut self) {
+        drop(self.proc.take());
+        let args = ["--id", self.id.as_str(), "--num-gpu-blocks", "64", "--kv-events-config", self.config.as_str()];
+        self.proc = Some(sim_at(self.port, &args));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn endpoints_file(dir: &tempfile::TempDir, pods: &[&Pod]) -> std::path::PathBuf {
+    let eps: Vec<String> = pods.iter().map(|p| format!("\"127.0.0.1:{}\"", p.port)).collect();
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &file,
+        format!("models:\n  - name: tiny-chat\n    engine: vllm\n    endpoints: [{}]\n", eps.join(", ")),
+    )
+    .expect("write");
+    file
+}
+
+fn admin(router: &Proc) -> String {
+    router.line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).expect("admin").to_owned()
+}
+
+/// (trust, event blocks) of the pod on `port`, as the router reports it.
+async fn seen(router: &Proc, port: u16) -> (String, u64) {
+    let v: Value = client()
+        .get(format!("{}/debug/endpoints", admin(router)))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let e = v["models"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["address"] == format!("127.0.0.1:{port}"))
+        .cloned()
+        .expect("the pod");
+    (e["trust"].as_str().unwrap_or("").to_owned(), e["event_blocks"].as_u64().unwrap_or(0))
+}
+
+async fn wait_for(router: &Proc, port: u16, what: &str, ok: impl Fn(&(String, u64)) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let s = seen(router, port).await;
+        if ok(&s) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: still {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A prompt of exactly `blocks` × 16 tokens (Qwen3: "a" repeated is one token each with spaces).
+fn prompt(tag: &str, words: usize) -> String {
+    format!("{tag} {}", "hello ".repeat(words))
+}
+
+async fn complete(url: String, text: &str) -> Value {
+    let res = client()
+        .post(url)
+        .json(&json!({"model": "tiny-chat", "prompt": text, "max_tokens": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_follows_live_events_replay_restart_and_reset() {
+    // The engine already holds a prompt before the router starts: replay from 0 brings it.
+    let mut pod = Pod::start("sim-0");
+    complete(pod.url("/v1/completions"), &prompt("before", 100)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = endpoints_file(&dir, &[&pod]);
+    let mut args = vec!["--kv-events=true"];
+    args.extend_from_slice(&REMOTE);
+    let r = router(&file, &args);
+    wait_for(&r, pod.port, "replayed from 0", |(t, n)| t == "exact" && *n >= 6).await;
+    let (_, before) = seen(&r, pod.port).await;
+
+    // Live: traffic sent straight to the pod (not through the router) shows up.
+    complete(pod.url("/v1/completions"), &prompt("live", 100)).await;
+    let lag = wait_for(&r, pod.port, "live events", |(_, n)| *n > before).await;
+    eprintln!("a live BlockStored reached the index within {lag:?}");
+
+    // reset_prefix_cache: AllBlocksCleared empties the pod's view.
+    let res = client().post(pod.url("/reset_prefix_cache")).send().await.expect("reset");
+    assert_eq!(res.status(), 200);
+    wait_for(&r, pod.port, "cleared", |(_, n)| *n == 0).await;
+    complete(pod.url("/v1/completions"), &prompt("after reset", 100)).await;
+    wait_for(&r, pod.port, "stored after the reset", |(t, n)| t == "exact" && *n > 0).await;
+
+    // Restart on the same ports: seq starts at 0 again with an empty cache. Once the new process
+    // publishes, the router forgets the old blocks and holds only the new ones.
+    pod.restart();
+    let restarted = Instant::now();
+    complete(pod.url("/v1/completions"), &prompt("new life", 30)).await;
+    let took =
+        wait_for(&r, pod.port, "old blocks forgotten after the restart", |(t, n)| t == "exact" && (1..=3).contains(n))
+            .await;
+    eprintln!(
+        "restart: the index held only the new process's blocks {:?} after the first new request ({:?} after start)",
+        took,
+        restarted.elapsed()
+    );
+    let m = client().get(format!("{}/metrics", admin(&r))).send().await.expect("metrics").text().await.expect("text");
+    assert!(metric(&m, "prefix_router_kv_events_total") > 0.0);
+}
