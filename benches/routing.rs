@@ -34,8 +34,6 @@ use std::time::{Duration, Instant};
 use workload::Job;
 
 const SIM_ARGS: &[&str] = &[
-    "--num-gpu-blocks",
-    "2048",
     "--prefill-us-per-token",
     "100",
     "--decode-ms-per-token",
@@ -84,16 +82,18 @@ enum Policy {
     LeastLoad,
     PrefixLocal,
     PrefixRemote,
+    PrefixEvents,
     Oracle,
 }
 
 impl Policy {
-    const ALL: [Policy; 6] = [
+    const ALL: [Policy; 7] = [
         Policy::Random,
         Policy::RoundRobin,
         Policy::LeastLoad,
         Policy::PrefixLocal,
         Policy::PrefixRemote,
+        Policy::PrefixEvents,
         Policy::Oracle,
     ];
     fn name(self) -> &'static str {
@@ -103,6 +103,7 @@ impl Policy {
             Policy::LeastLoad => "least-load",
             Policy::PrefixLocal => "prefix-router (local tokens)",
             Policy::PrefixRemote => "prefix-router (remote tokens)",
+            Policy::PrefixEvents => "prefix-router (KV events)",
             Policy::Oracle => "oracle",
         }
     }
@@ -122,28 +123,58 @@ impl Policy {
                 "--tokenizer-request-timeout",
                 "2s",
             ],
+            Policy::PrefixEvents => vec![
+                "--policy",
+                "prefix",
+                "--kv-events=true",
+                "--enable-vllm-remote-tokenizer",
+                "true",
+                "--vllm-tokenizer-endpoint-template",
+                "http://{ip}:{port}",
+                "--tokenizer-request-timeout",
+                "2s",
+            ],
             Policy::Oracle => vec![],
         }
     }
 }
 
+/// How one workload's pods and routers are set up.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// KV blocks per sim (`--num-gpu-blocks`).
+    gpu_blocks: usize,
+    /// Router replicas behind Envoy (round robin over ext_proc streams).
+    replicas: usize,
+}
+
+const ROOMY: Shape = Shape { gpu_blocks: 2048, replicas: 1 };
+
 /// Sims, and for router policies a router and a real Envoy in front.
 struct Stack {
     sims: Vec<(Kill, SocketAddr)>,
-    router: Option<(Kill, String)>,
+    routers: Vec<(Kill, String)>,
     envoy: Option<(Kill, u16)>,
     _dir: PathBuf,
 }
 
 impl Stack {
-    async fn start(policy: Policy, sims: usize) -> Stack {
+    async fn start(policy: Policy, sims: usize, shape: Shape) -> Stack {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let tok = repo.join("../shared/fixtures/qwen3");
         let tok = tok.to_str().expect("utf-8").to_owned();
+        let blocks = shape.gpu_blocks.to_string();
         let sims: Vec<(Kill, SocketAddr)> = (0..sims)
             .map(|i| {
                 let id = format!("sim-{i}");
-                let mut args = vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id];
+                let events = serde_json::json!({"enable_kv_cache_events": true, "publisher": "zmq",
+                    "endpoint": format!("tcp://127.0.0.1:{}", free_port()),
+                    "replay_endpoint": format!("tcp://127.0.0.1:{}", free_port())})
+                .to_string();
+                let mut args = vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id, "--num-gpu-blocks", &blocks];
+                if policy == Policy::PrefixEvents {
+                    args.extend(["--kv-events-config", events.as_str()]);
+                }
                 args.extend_from_slice(SIM_ARGS);
                 let (k, line) = start(bins::vllm_sim().to_str().expect("utf-8 path"), &args);
                 let addr = line.trim().rsplit_once("http://").and_then(|(_, a)| a.parse().ok()).expect("sim addr");
@@ -153,7 +184,7 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("routing-bench-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("dir");
         if policy == Policy::Oracle {
-            return Stack { sims, router: None, envoy: None, _dir: dir };
+            return Stack { sims, routers: Vec::new(), envoy: None, _dir: dir };
         }
         let eps: Vec<String> = sims.iter().map(|(_, a)| format!("\"{a}\"")).collect();
         let file = dir.join("endpoints.yaml");
@@ -166,15 +197,26 @@ impl Stack {
             vec!["--host", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"];
         args.extend(["--endpoints-file", file.to_str().expect("utf-8")]);
         args.extend(policy.router_args());
-        let (rk, line) = start(env!("CARGO_BIN_EXE_prefix-router"), &args);
-        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).expect("address").to_owned();
-        let (grpc, admin) = (field("grpc="), field("admin="));
+        let mut routers = Vec::new();
+        let mut grpc_ports = Vec::new();
+        for _ in 0..shape.replicas {
+            let (rk, line) = start(env!("CARGO_BIN_EXE_prefix-router"), &args);
+            let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).expect("address").to_owned();
+            let (grpc, admin) = (field("grpc="), field("admin="));
+            grpc_ports.push(grpc.rsplit_once(':').expect("port").1.to_owned());
+            routers.push((rk, admin));
+        }
+        if policy == Policy::PrefixEvents {
+            wait_exact(&routers, sims.len()).await;
+        }
         let port = free_port();
+        let endpoint = |p: &str| format!("        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n");
+        let all: String = grpc_ports.iter().map(|p| endpoint(p)).collect();
         let cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
             .expect("example")
             .replace("port_value: 10000", &format!("port_value: {port}"))
             .replace("port_value: 9901", &format!("port_value: {}", free_port()))
-            .replace("port_value: 9002", &format!("port_value: {}", grpc.rsplit_once(':').expect("port").1));
+            .replace(&endpoint("9002"), &all);
         let cfg_path = dir.join("envoy.yaml");
         std::fs::write(&cfg_path, cfg).expect("write envoy");
         let envoy = Command::new(envoy_bin())
@@ -195,7 +237,26 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Stack { sims, router: Some((rk, admin)), envoy: Some((Kill(envoy), port)), _dir: dir }
+        Stack { sims, routers, envoy: Some((Kill(envoy), port)), _dir: dir }
+    }
+}
+
+/// Until every replica reports every pod's events as exact.
+async fn wait_exact(routers: &[(Kill, String)], pods: usize) {
+    let http = reqwest::Client::new();
+    for (_, admin) in routers {
+        for _ in 0..300 {
+            let m = metrics(&http, admin).await;
+            let exact: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("prefix_router_endpoints_by_trust{") && l.contains("state=\"exact\""))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            if exact as usize >= pods {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -415,8 +476,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-async fn run_policy(policy: Policy, w: &Workload, sims: usize) -> Row {
-    let stack = Stack::start(policy, sims).await;
+async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> Row {
+    let stack = Stack::start(policy, sims, shape).await;
     let http = reqwest::Client::new();
     let sim_urls: Vec<String> = stack.sims.iter().map(|(_, a)| format!("http://{a}")).collect();
     let target = Arc::new(Target {
@@ -431,30 +492,23 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize) -> Row {
         hits += metric(&m, "vllm:prefix_cache_hits_total");
         queries += metric(&m, "vllm:prefix_cache_queries_total");
     }
-    let router_us = match &stack.router {
-        Some((_, admin)) => {
-            let m = metrics(&http, admin).await;
-            let sum = metric(&m, "prefix_router_phase_duration_microseconds_sum");
-            let count = metric(&m, "prefix_router_phase_duration_microseconds_count");
-            // parse + total per decision (total covers tokenize, hash, lookup, pick).
-            let per = |phase: &str| {
-                let line = |suffix: &str| {
-                    m.lines()
-                        .find(|l| {
-                            l.starts_with(&format!(
-                                "prefix_router_phase_duration_microseconds_{suffix}{{phase=\"{phase}\"}}"
-                            ))
-                        })
-                        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                        .unwrap_or(0.0)
-                };
-                line("sum") / line("count").max(1.0)
-            };
-            let _ = (sum, count);
-            Some(per("parse") + per("total"))
-        }
-        None => None,
-    };
+    let mut router_us = None;
+    let mut decisions = 0.0;
+    for (_, admin) in &stack.routers {
+        let m = metrics(&http, admin).await;
+        // parse + total per decision (total covers tokenize, hash, lookup, pick), over replicas.
+        let line = |suffix: &str, phase: &str| {
+            m.lines()
+                .find(|l| l.starts_with(&format!("prefix_router_phase_duration_microseconds_{suffix}{{phase=\"{phase}\"}}")))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let n = line("count", "total");
+        let us = line("sum", "parse") / line("count", "parse").max(1.0) + line("sum", "total") / n.max(1.0);
+        router_us = Some(router_us.unwrap_or(0.0) + us * n);
+        decisions += n;
+    }
+    let router_us = router_us.map(|sum| sum / decisions.max(1.0));
     let mut per_pod: HashMap<String, usize> = HashMap::new();
     for r in &records {
         *per_pod.entry(r.pod.clone()).or_default() += 1;
@@ -511,12 +565,22 @@ fn table(rows: &[Row]) -> String {
 
 fn verdict(rows: &[Row]) -> String {
     let get = |name: &str| rows.iter().find(|r| r.policy == name);
+    let events = match (get("prefix-router (KV events)"), get("prefix-router (remote tokens)"), get("oracle")) {
+        (Some(ev), Some(hist), Some(oracle)) => format!(
+            "KV events vs oracle hit rate: {:.0}% of the oracle's; vs the routing-history index on the same (engine) \
+             tokens: {:.2}× its hit rate, TTFT p90 {:.2}× its.\n",
+            100.0 * ev.hit_client / oracle.hit_client.max(1e-9),
+            ev.hit_client / hist.hit_client.max(1e-9),
+            ev.ttft[1] / hist.ttft[1].max(1e-9)
+        ),
+        _ => String::new(),
+    };
     let (Some(prefix), Some(oracle), Some(rr)) =
         (get("prefix-router (local tokens)"), get("oracle"), get("round-robin"))
     else {
-        return String::new();
+        return events;
     };
-    format!(
+    events + &format!(
         "prefix-router (local) vs oracle hit rate: {:.0}% of the oracle's; TTFT p90 vs round-robin: {:.1}× better \
          (the oracle: {:.1}×); busiest pod: {:.2}× the mean.\n",
         100.0 * prefix.hit_client / oracle.hit_client.max(1e-9),
@@ -531,7 +595,7 @@ async fn main() {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
     let sims: usize = env("SIMS", "4").parse().expect("SIMS");
     let scale: f64 = env("SCALE", "1.0").parse().expect("SCALE");
-    let wanted = env("WORKLOADS", "shared-prefix,multi-turn,trace");
+    let wanted = env("WORKLOADS", "shared-prefix,multi-turn,replicas,trace,pressure");
     let n = |x: usize| ((x as f64 * scale).round() as usize).max(1);
 
     let shared = workload::SharedPrefix {
@@ -550,19 +614,19 @@ async fn main() {
     let time_scale: f64 = env("TIME_SCALE", "1.0").parse().expect("TIME_SCALE");
     let only: Option<Vec<String>> = std::env::var("POLICIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
 
-    let mut workloads: Vec<(String, String, Workload)> = Vec::new();
+    let mut workloads: Vec<(String, String, Workload, Shape)> = Vec::new();
     if wanted.contains("shared-prefix") {
         let desc = format!(
             "shared prefix: {} groups × {} prompts, system prompt ≈ 1,600 tokens, question ≈ 100 tokens, output {} tokens, \
              Poisson 28 req/s",
             shared.groups, shared.prompts_per_group, shared.output_len
         );
-        workloads.push(("Shared prefix".into(), desc, Workload::Jobs(shared.jobs(28.0))));
+        workloads.push(("Shared prefix".into(), desc, Workload::Jobs(shared.jobs(28.0)), ROOMY));
         let heavy =
             "shared prefix under heavy load: the same requests at Poisson 36 req/s, where round-robin's prefill \
                      work exceeds what the pods can do"
                 .to_owned();
-        workloads.push(("Shared prefix, heavy load".into(), heavy, Workload::Jobs(shared.jobs(36.0))));
+        workloads.push(("Shared prefix, heavy load".into(), heavy, Workload::Jobs(shared.jobs(36.0)), ROOMY));
     }
     if wanted.contains("multi-turn") {
         let desc = format!(
@@ -571,7 +635,12 @@ async fn main() {
             chat.conversations, chat.turns, chat.think_ms
         );
         let starts = workload::arrivals(chat.conversations, 2.0, 21);
-        workloads.push(("Multi-turn chat".into(), desc, Workload::Chat { spec: chat, starts }));
+        workloads.push(("Multi-turn chat".into(), desc.clone(), Workload::Chat { spec: chat.clone(), starts: starts.clone() }, ROOMY));
+        if wanted.contains("replicas") {
+            let desc3 = format!("{desc}; three router replicas behind Envoy (round robin over ext_proc streams), no shared state");
+            let three = Shape { replicas: 3, ..ROOMY };
+            workloads.push(("Multi-turn chat, three router replicas".into(), desc3, Workload::Chat { spec: chat, starts }, three));
+        }
     }
     if wanted.contains("trace") {
         let jobs = workload::trace_jobs(&trace_text, time_scale, 32).expect("trace");
@@ -580,7 +649,26 @@ async fn main() {
             jobs.len(),
             if std::env::var("TRACE").is_ok() { "given trace" } else { "synthetic Mooncake-style trace, ~8 req/s" }
         );
-        workloads.push(("Trace replay".into(), desc, Workload::Jobs(jobs)));
+        workloads.push(("Trace replay".into(), desc, Workload::Jobs(jobs), ROOMY));
+    }
+    if wanted.contains("pressure") {
+        let pressure = workload::SharedPrefix {
+            groups: 48,
+            prompts_per_group: n(6),
+            system_sentences: 115,
+            question_sentences: 7,
+            output_len: 16,
+        };
+        let tight = Shape { gpu_blocks: 384, ..ROOMY };
+        let desc = format!(
+            "cache pressure: shared prefix, {} groups × {} prompts (≈ 1,600-token system prompts), Poisson 12 req/s, \
+             pods of {} blocks each: the working set (≈ 106k tokens) is ≈ 4.3× the pods' total cache ({} tokens)",
+            pressure.groups,
+            pressure.prompts_per_group,
+            tight.gpu_blocks,
+            tight.gpu_blocks * 16 * sims
+        );
+        workloads.push(("Cache pressure".into(), desc, Workload::Jobs(pressure.jobs(12.0)), tight));
     }
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -593,7 +681,8 @@ async fn main() {
     let mut md = format!(
         "# Routing benchmarks\n\nRegenerate everything here with one command: `bash benches/routing.sh` \
          (= `cargo bench --bench routing`; env `SIMS`, `SCALE`, `WORKLOADS`, `TRACE=file.jsonl`, `TIME_SCALE`).\n\n\
-         Machine: {cores} cores ({cpu}); {sims} `vllm-sim` pods (`{}`), the router and a real Envoy \
+         Machine: {cores} cores ({cpu}); {sims} `vllm-sim` pods (`--num-gpu-blocks 2048 {}` unless a workload says \
+         otherwise), the router and a real Envoy \
          (FULL_DUPLEX_STREAMED) per policy, all fresh for every row, all on the same machine. Requests stream with \
          `include_usage`; TTFT is the first SSE chunk at the client. Open loop with a cap of {CONCURRENCY} requests in flight. \
          Hit rate (usage) is token-weighted `cached_tokens / prompt_tokens`; hit rate (sims) is \
@@ -603,14 +692,14 @@ async fn main() {
         SIM_ARGS.join(" ")
     );
     let mut panels = Vec::new();
-    for (title, desc, w) in &workloads {
+    for (title, desc, w, shape) in &workloads {
         eprintln!("== {title}");
         let mut rows = Vec::new();
         for p in Policy::ALL
             .into_iter()
             .filter(|p| only.as_ref().is_none_or(|o| o.iter().any(|n| p.name().starts_with(n.as_str()))))
         {
-            let row = run_policy(p, w, sims).await;
+            let row = run_policy(p, w, sims, *shape).await;
             eprintln!(
                 "{:<32} hit {:.1}% ttft p90 {:.0} ms ({} ok, {} errors)",
                 row.policy,

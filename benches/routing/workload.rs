@@ -60,6 +60,7 @@ impl SharedPrefix {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct MultiTurn {
     pub conversations: usize,
     pub turns: usize,
