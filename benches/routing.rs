@@ -33,14 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use workload::Job;
 
-const SIM_ARGS: &[&str] = &[
-    "--prefill-us-per-token",
-    "100",
-    "--decode-ms-per-token",
-    "4",
-    "--max-num-seqs",
-    "32",
-];
+const SIM_ARGS: &[&str] = &["--prefill-us-per-token", "100", "--decode-ms-per-token", "4", "--max-num-seqs", "32"];
 const CONCURRENCY: usize = 64;
 
 struct Kill(Child);
@@ -171,7 +164,8 @@ impl Stack {
                     "endpoint": format!("tcp://127.0.0.1:{}", free_port()),
                     "replay_endpoint": format!("tcp://127.0.0.1:{}", free_port())})
                 .to_string();
-                let mut args = vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id, "--num-gpu-blocks", &blocks];
+                let mut args =
+                    vec!["--port", "0", "--model", "m", "--tokenizer", &tok, "--id", &id, "--num-gpu-blocks", &blocks];
                 if policy == Policy::PrefixEvents {
                     args.extend(["--kv-events-config", events.as_str()]);
                 }
@@ -210,7 +204,9 @@ impl Stack {
             wait_exact(&routers, sims.len()).await;
         }
         let port = free_port();
-        let endpoint = |p: &str| format!("        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n");
+        let endpoint = |p: &str| {
+            format!("        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n")
+        };
         let all: String = grpc_ports.iter().map(|p| endpoint(p)).collect();
         let cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
             .expect("example")
@@ -499,7 +495,9 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         // parse + total per decision (total covers tokenize, hash, lookup, pick), over replicas.
         let line = |suffix: &str, phase: &str| {
             m.lines()
-                .find(|l| l.starts_with(&format!("prefix_router_phase_duration_microseconds_{suffix}{{phase=\"{phase}\"}}")))
+                .find(|l| {
+                    l.starts_with(&format!("prefix_router_phase_duration_microseconds_{suffix}{{phase=\"{phase}\"}}"))
+                })
                 .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
@@ -580,14 +578,15 @@ fn verdict(rows: &[Row]) -> String {
     else {
         return events;
     };
-    events + &format!(
-        "prefix-router (local) vs oracle hit rate: {:.0}% of the oracle's; TTFT p90 vs round-robin: {:.1}× better \
+    events
+        + &format!(
+            "prefix-router (local) vs oracle hit rate: {:.0}% of the oracle's; TTFT p90 vs round-robin: {:.1}× better \
          (the oracle: {:.1}×); busiest pod: {:.2}× the mean.\n",
-        100.0 * prefix.hit_client / oracle.hit_client.max(1e-9),
-        rr.ttft[1] / prefix.ttft[1].max(1e-9),
-        rr.ttft[1] / oracle.ttft[1].max(1e-9),
-        prefix.max_over_mean
-    )
+            100.0 * prefix.hit_client / oracle.hit_client.max(1e-9),
+            rr.ttft[1] / prefix.ttft[1].max(1e-9),
+            rr.ttft[1] / oracle.ttft[1].max(1e-9),
+            prefix.max_over_mean
+        )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -635,11 +634,23 @@ async fn main() {
             chat.conversations, chat.turns, chat.think_ms
         );
         let starts = workload::arrivals(chat.conversations, 2.0, 21);
-        workloads.push(("Multi-turn chat".into(), desc.clone(), Workload::Chat { spec: chat.clone(), starts: starts.clone() }, ROOMY));
+        workloads.push((
+            "Multi-turn chat".into(),
+            desc.clone(),
+            Workload::Chat { spec: chat.clone(), starts: starts.clone() },
+            ROOMY,
+        ));
         if wanted.contains("replicas") {
-            let desc3 = format!("{desc}; three router replicas behind Envoy (round robin over ext_proc streams), no shared state");
+            let desc3 = format!(
+                "{desc}; three router replicas behind Envoy (round robin over ext_proc streams), no shared state"
+            );
             let three = Shape { replicas: 3, ..ROOMY };
-            workloads.push(("Multi-turn chat, three router replicas".into(), desc3, Workload::Chat { spec: chat, starts }, three));
+            workloads.push((
+                "Multi-turn chat, three router replicas".into(),
+                desc3,
+                Workload::Chat { spec: chat, starts },
+                three,
+            ));
         }
     }
     if wanted.contains("trace") {
@@ -715,6 +726,13 @@ async fn main() {
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::fs::write(repo.join("benches/routing/ttft.svg"), plot::ttft_cdfs(&panels)).expect("write svg");
+    // Sections other benches own (below the marker) are kept as they are.
+    let marker = "<!-- other benchmarks: kept by the routing benchmark -->";
+    let kept = std::fs::read_to_string(repo.join("BENCHMARKS.md"))
+        .ok()
+        .and_then(|old| old.split_once(marker).map(|(_, tail)| tail.to_owned()))
+        .unwrap_or_default();
+    md.push_str(&format!("\n{marker}{kept}"));
     std::fs::write(repo.join("BENCHMARKS.md"), &md).expect("write BENCHMARKS.md");
     println!("{md}");
 }

@@ -1,16 +1,12 @@
-//! The ext_proc protocol rules, driven by a gRPC client that speaks to the router as Envoy does:
-//! FULL_DUPLEX_STREAMED ordering, the repeated end-of-stream, trailers ending a body, header-only
-//! requests, sanitization in BUFFERED, and gRPC health on both ports.
+//! The real binary's gRPC surface: health on both ports. The ext_proc protocol rules themselves
+//! (both body modes, a repeated end-of-stream, trailers, header-only requests, sanitization,
+//! errors) are driven in-process by `src/extproc/tests.rs`, and through a real Envoy by
+//! `e2e_envoy.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::cluster;
-use common::extproc::{body, destination, exchange, headers, streamed};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    processing_request::Request, processing_response::Response, HttpTrailers, ProcessingRequest,
-};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 
@@ -31,67 +27,6 @@ fn start() -> Router {
     let proc = cluster::router(&file, &[]);
     let grpc = cluster::grpc_addr(&proc);
     Router { _sims: sims, proc, grpc, _dir: dir }
-}
-
-#[tokio::test]
-async fn full_duplex_answers_after_the_body_and_ignores_a_repeated_end_of_stream() {
-    let r = start();
-    let payload = serde_json::json!({"model": "tiny-chat", "prompt": "x".repeat(100_000)}).to_string().into_bytes();
-    let (a, b) = payload.split_at(70_000);
-    let out = exchange(
-        r.grpc,
-        vec![
-            headers("/v1/completions", false, BodySendMode::FullDuplexStreamed, &[]),
-            body(a, false),
-            body(b, true),
-            body(b"", true), // Envoy can repeat the end-of-stream chunk on large bodies.
-        ],
-    )
-    .await;
-    assert!(matches!(out[0].response, Some(Response::RequestHeaders(_))), "headers response first");
-    let dest = destination(&out[0]).expect("destination header");
-    assert!(out[0].dynamic_metadata.is_some(), "envoy.lb metadata");
-    let chunks: Vec<(usize, bool)> = out[1..].iter().map(|m| streamed(m).expect("streamed body")).collect();
-    assert_eq!(chunks.iter().map(|c| c.0).sum::<usize>(), payload.len());
-    assert!(chunks.iter().all(|c| c.0 <= 62_000));
-    assert_eq!(chunks.iter().filter(|c| c.1).count(), 1, "end_of_stream once, on the last: {chunks:?}");
-    assert!(chunks.last().is_some_and(|c| c.1));
-    assert!(dest.starts_with("127.0.0.1:"));
-}
-
-#[tokio::test]
-async fn trailers_end_a_full_duplex_body_and_get_their_own_answer() {
-    let r = start();
-    let payload = serde_json::json!({"model": "tiny-chat", "prompt": "hello"}).to_string().into_bytes();
-    let trailers =
-        ProcessingRequest { request: Some(Request::RequestTrailers(HttpTrailers::default())), ..Default::default() };
-    let out = exchange(
-        r.grpc,
-        vec![headers("/v1/completions", false, BodySendMode::FullDuplexStreamed, &[]), body(&payload, false), trailers],
-    )
-    .await;
-    assert_eq!(out.len(), 3, "{out:?}");
-    assert!(destination(&out[0]).is_some());
-    assert_eq!(streamed(&out[1]), Some((payload.len(), false)), "the body does not end the stream; trailers do");
-    assert!(matches!(out[2].response, Some(Response::RequestTrailers(_))));
-}
-
-#[tokio::test]
-async fn header_only_requests_are_routed_at_once_and_buffered_mode_strips_a_client_destination() {
-    let r = start();
-    let out = exchange(r.grpc, vec![headers("/v1/models", true, BodySendMode::FullDuplexStreamed, &[])]).await;
-    assert_eq!(out.len(), 1);
-    assert!(destination(&out[0]).is_some(), "a bodiless request is decided on its headers");
-
-    let spoof = [("x-gateway-destination-endpoint", "127.0.0.1:1")];
-    let out = exchange(r.grpc, vec![headers("/v1/completions", false, BodySendMode::Buffered, &spoof)]).await;
-    let Some(Response::RequestHeaders(h)) = &out[0].response else { panic!("headers response") };
-    let removed = &h.response.as_ref().and_then(|c| c.header_mutation.as_ref()).expect("mutation").remove_headers;
-    assert_eq!(removed, &vec!["x-gateway-destination-endpoint".to_owned()]);
-
-    let out = exchange(r.grpc, vec![headers("/v1/completions", false, BodySendMode::Streamed, &[])]).await;
-    let Some(Response::ImmediateResponse(ir)) = &out[0].response else { panic!("STREAMED is refused clearly") };
-    assert_eq!(ir.status.as_ref().map(|s| s.code), Some(500));
 }
 
 #[tokio::test]

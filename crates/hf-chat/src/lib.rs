@@ -52,10 +52,11 @@ struct AddedSplit {
 
 impl AddedSplit {
     /// `None` unless the split is exact: a token that strips whitespace or must stand alone as a
-    /// word takes its neighbours into account, and a tokenizer told to encode special tokens as
-    /// text does not split on them at all.
-    fn of(tokenizer: &Tokenizer) -> Option<Self> {
-        if tokenizer.get_encode_special_tokens() {
+    /// word takes its neighbours into account, a tokenizer told to encode special tokens as text
+    /// does not split on them at all, and a Metaspace step with `prepend_scheme: first` (Llama,
+    /// Mistral) marks only the text's first segment, which a piece tokenized alone cannot know.
+    fn of(tokenizer: &Tokenizer, json: &serde_json::Value) -> Option<Self> {
+        if tokenizer.get_encode_special_tokens() || prepends_first(json) {
             return None;
         }
         let mut tokens: Vec<_> =
@@ -69,6 +70,19 @@ impl AddedSplit {
             .build(tokens.iter().map(|(_, t)| &t.content))
             .ok()?;
         Some(Self { matcher, ids: tokens.into_iter().map(|(id, _)| id).collect() })
+    }
+}
+
+/// Whether any step of the tokenizer is a Metaspace that prepends only to the first segment.
+fn prepends_first(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(o) => {
+            let metaspace_first = o.get("type").and_then(serde_json::Value::as_str) == Some("Metaspace")
+                && o.get("prepend_scheme").and_then(serde_json::Value::as_str) == Some("first");
+            metaspace_first || o.values().any(prepends_first)
+        }
+        serde_json::Value::Array(a) => a.iter().any(prepends_first),
+        _ => false,
     }
 }
 
@@ -98,7 +112,9 @@ impl HfTokenizer {
         let fingerprint =
             xxhash_rust::xxh3::xxh3_64(&json_bytes) ^ xxhash_rust::xxh3::xxh3_64(config.to_string().as_bytes());
         let vocab_size = tokenizer.get_vocab_size(true);
-        let added = AddedSplit::of(&tokenizer);
+        let steps: serde_json::Value = serde_json::from_slice(&json_bytes).unwrap_or_default();
+        let steps = serde_json::json!([steps.get("normalizer"), steps.get("pre_tokenizer")]);
+        let added = AddedSplit::of(&tokenizer, &steps);
         Ok(Self { tokenizer, chat, fingerprint, vocab_size, added })
     }
 
@@ -200,6 +216,26 @@ mod tests {
             .collect();
         let rendered = tok.render_chat(&chat(json!({"messages": messages}))).expect("within budget");
         assert!(rendered.len() > 1_000_000);
+    }
+
+    #[test]
+    fn a_metaspace_that_prepends_to_the_first_segment_only_is_tokenized_whole() {
+        let qwen = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        assert!(qwen.pieces("<|im_start|>user\nhi<|im_end|>").is_some());
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir().join("tokenizer.json")).expect("read")).expect("json");
+        json["pre_tokenizer"] =
+            json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": true});
+        let dir = std::env::temp_dir().join(format!("hf-chat-metaspace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).expect("write");
+        let llama_like = HfTokenizer::from_dir(&dir).expect("loads");
+        let text = "<|im_start|>user\nhi there<|im_end|>";
+        assert!(llama_like.pieces(text).is_none(), "pieces would each get the first-segment prefix");
+        // A piece tokenized alone starts a text, so it would get the prefix the whole text gives only
+        // its first segment: the whole text is tokenized as one.
+        assert!(llama_like.encode(text, false).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
