@@ -80,14 +80,18 @@ pub struct Config {
     #[arg(long, env = "PREFIX_ROUTER_ENDPOINTS_FILE")]
     pub endpoints_file: Option<PathBuf>,
     /// Discover pods from the Kubernetes API instead (in-cluster config, else kubeconfig).
-    #[arg(long, env = "PREFIX_ROUTER_KUBERNETES", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, env = "PREFIX_ROUTER_KUBERNETES", default_value = "false", default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
     pub kubernetes: bool,
     /// Namespace to watch (default: the service account's, or the kubeconfig context's).
     #[arg(long, env = "PREFIX_ROUTER_NAMESPACE")]
     pub namespace: Option<String>,
     /// Watch pods in every namespace (needs a ClusterRole).
-    #[arg(long, env = "PREFIX_ROUTER_ALL_NAMESPACES", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, env = "PREFIX_ROUTER_ALL_NAMESPACES", default_value = "false", default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
     pub all_namespaces: bool,
+    /// Kubernetes: each model's HF tokenizer directory at `DIR/<model name>` (or where a pod's
+    /// `model.aibrix.ai/tokenizer` annotation says, under DIR unless absolute), for exact local tokens.
+    #[arg(long, env = "PREFIX_ROUTER_TOKENIZERS_DIR")]
+    pub tokenizers_dir: Option<PathBuf>,
     /// Label selector for model pods, applied by the API server.
     #[arg(long, env = "PREFIX_ROUTER_POD_SELECTOR", default_value = "model.aibrix.ai/name")]
     pub pod_selector: String,
@@ -306,5 +310,26 @@ mod tests {
         let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "1h30m"])
             .expect("parses");
         assert_eq!(c.inflight_ttl, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn boolean_switches_work_with_and_without_a_value() {
+        for (args, want) in [
+            (&["--kubernetes"][..], true),
+            (&["--kubernetes=true"][..], true),
+            (&["--kubernetes", "false"][..], false),
+            (&[][..], false),
+        ] {
+            let c = Config::try_parse_from(["prefix-router"].iter().chain(args)).expect("parses");
+            assert_eq!(c.kubernetes, want, "{args:?}");
+        }
+        let c = Config::try_parse_from([
+            "prefix-router",
+            "--kv-events",
+            "--trust-request-chat-template",
+            "--all-namespaces",
+        ])
+        .expect("parses");
+        assert!(c.kv_events && c.trust_request_chat_template && c.all_namespaces);
     }
 }

@@ -226,7 +226,7 @@ struct Gauges {
 fn gauges() -> Result<Gauges, prometheus::Error> {
     let vec = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
     Ok(Gauges {
-        inflight: vec("prefix_router_inflight_requests", "Routed requests not yet finished", &["model", "pod"])?,
+        inflight: vec("prefix_router_inflight_requests", "Routed requests not yet finished", &["model", "upstream"])?,
         endpoints: vec("prefix_router_endpoints", "Ready endpoints per model", &["model"])?,
         ejected: vec("prefix_router_endpoints_ejected", "Ready endpoints out of routing (sign of death)", &["model"])?,
         trust: vec(
@@ -234,7 +234,7 @@ fn gauges() -> Result<Gauges, prometheus::Error> {
             "Ready endpoints by how routing sees their cache: exact (KV events), degraded, history",
             &["model", "state"],
         )?,
-        index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "pod"])?,
+        index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "upstream"])?,
         tok_models: vec("prefix_router_tokenizer_pool_models", "Models with a remote tokenizer entry", &[])?,
         tok_endpoints: vec(
             "prefix_router_tokenizer_endpoints",

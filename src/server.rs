@@ -240,7 +240,8 @@ async fn kube_source(cfg: &Config) -> Result<KubeSource, StartError> {
         tracing::info!(namespace = %ns, selector = %cfg.pod_selector, "watching pods");
         kube::Api::namespaced(client, &ns)
     };
-    Ok(KubeSource { api, selector: cfg.pod_selector.clone() })
+    let tokenizers = crate::discovery::kubernetes::Tokenizers::new(cfg.tokenizers_dir.clone());
+    Ok(KubeSource { api, selector: cfg.pod_selector.clone(), tokenizers })
 }
 
 /// Accepted sockets with Nagle off: small gRPC frames otherwise wait on the peer's delayed ACK

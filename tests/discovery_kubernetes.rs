@@ -21,7 +21,11 @@ fn router(api: &KubeApi, dir: &std::path::Path) -> Proc {
 }
 
 fn router_with(kubeconfig: &std::path::Path) -> Proc {
-    let args = [
+    router_args(kubeconfig, &[])
+}
+
+fn router_args(kubeconfig: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
         "--host",
         "127.0.0.1",
         "--grpc-port",
@@ -33,6 +37,7 @@ fn router_with(kubeconfig: &std::path::Path) -> Proc {
         "--kubernetes",
         "true",
     ];
+    args.extend_from_slice(extra);
     procs::spawn_listening_env(
         env!("CARGO_BIN_EXE_prefix-router"),
         &args,
@@ -213,4 +218,36 @@ async fn not_ready_until_the_first_full_sync() {
     }
     let (_, first) = decide(&ext, "/v1/completions", br#"{"model":"m","prompt":"now"}"#).await;
     assert_eq!(destination(&first).as_deref(), Some("127.0.0.41:8000"));
+}
+
+/// (token space, tokens) the router would route this completion on.
+async fn tokens_for(router: &Proc, model: &str) -> (String, serde_json::Value) {
+    let v: serde_json::Value = common::client()
+        .post(router.url("/debug/tokenize?path=/v1/completions"))
+        .json(&serde_json::json!({"model": model, "prompt": "Hello world"}))
+        .send()
+        .await
+        .expect("tokenize")
+        .json()
+        .await
+        .expect("json");
+    (v["space"].as_str().unwrap_or("").to_owned(), v["tokens"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_model_with_a_tokenizer_directory_hashes_its_exact_tokens() {
+    let api = KubeApi::start().await;
+    api.apply(pod("models", "p1", "m", Some("127.0.0.11"), true));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokenizers = dir.path().join("tokenizers");
+    std::fs::create_dir_all(&tokenizers).expect("dir");
+    std::os::unix::fs::symlink(common::fixture_dir(), tokenizers.join("m")).expect("link the model's tokenizer");
+    let with =
+        router_args(&api.kubeconfig(dir.path(), "models"), &["--tokenizers-dir", tokenizers.to_str().expect("utf-8")]);
+    let without = router(&api, dir.path());
+    for r in [&with, &without] {
+        converge(r, set(&["127.0.0.11"]), "the pod", Duration::from_secs(5)).await;
+    }
+    assert_eq!(tokens_for(&with, "m").await, ("local".into(), serde_json::json!([9707, 1879])), "Qwen3's own tokens");
+    assert_eq!(tokens_for(&without, "m").await.0, "approx", "no directory: the byte approximation");
 }

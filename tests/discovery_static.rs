@@ -41,7 +41,7 @@ async fn edits_take_effect_and_removed_pods_are_forgotten() {
     assert_eq!(route(grpc, &prompt).await, first, "a repeated prompt sticks");
     let m = metrics(&router).await;
     assert_eq!(metric_where(&m, "prefix_router_endpoints", "tiny-chat"), 2.0);
-    assert!(metric_where(&m, "prefix_router_index_blocks", &format!("pod=\"{first}\"")) > 0.0);
+    assert!(metric_where(&m, "prefix_router_index_blocks", &format!("upstream=\"{first}\"")) > 0.0);
 
     // Remove the pod that holds the prefix.
     let other = if first == a { b } else { a };
@@ -59,7 +59,7 @@ async fn edits_take_effect_and_removed_pods_are_forgotten() {
         assert_eq!(route(grpc, &prompt).await, other, "no request goes to a removed pod");
     }
     let m = metrics(&router).await;
-    assert!(!m.contains(&format!("pod=\"{first}\"")), "a removed pod's series vanish:\n{m}");
+    assert!(!m.contains(&format!("upstream=\"{first}\"")), "a removed pod's series vanish:\n{m}");
 
     // A broken edit is refused; the last good state keeps routing.
     std::fs::write(&file, "models: [this is not: valid").expect("write");

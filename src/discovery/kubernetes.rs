@@ -6,16 +6,20 @@
 
 use super::{EndpointSpec, Engine, ModelSpec, Registry};
 use futures::StreamExt;
+use hf_chat::HfTokenizer;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const MODEL_KEY: &str = "model.aibrix.ai/name";
 pub const PORT_KEY: &str = "model.aibrix.ai/port";
 pub const ENGINE_KEY: &str = "model.aibrix.ai/engine";
+/// A pod's model's HF tokenizer directory: absolute, or under `--tokenizers-dir`.
+pub const TOKENIZER_KEY: &str = "model.aibrix.ai/tokenizer";
 const DEFAULT_PORT: u16 = 8000;
 
 /// What one pod contributes: its model, and an endpoint if it is routable.
@@ -23,6 +27,8 @@ const DEFAULT_PORT: u16 = 8000;
 pub struct PodView {
     pub model: String,
     pub endpoint: Option<EndpointSpec>,
+    /// The tokenizer directory the pod names, if any.
+    pub tokenizer: Option<String>,
 }
 
 fn label_or_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -53,36 +59,84 @@ pub fn view(pod: &Pod) -> Option<PodView> {
         }
         _ => None,
     };
-    Some(PodView { model, endpoint })
+    let tokenizer = label_or_annotation(pod, TOKENIZER_KEY).map(str::to_owned);
+    Some(PodView { model, endpoint, tokenizer })
 }
 
-/// The desired state from pods by UID: every model seen, with its routable endpoints.
-pub fn specs(pods: &HashMap<String, PodView>) -> Vec<ModelSpec> {
-    let mut models: BTreeMap<&str, Vec<EndpointSpec>> = BTreeMap::new();
+/// The desired state from pods by UID: every model seen, with its routable endpoints and the
+/// tokenizer `tokenizer(model, named directory)` finds for it.
+pub fn specs(
+    pods: &HashMap<String, PodView>,
+    mut tokenizer: impl FnMut(&str, Option<&str>) -> Option<Arc<HfTokenizer>>,
+) -> Vec<ModelSpec> {
+    let mut models: BTreeMap<&str, (Vec<EndpointSpec>, Option<&str>)> = BTreeMap::new();
     for v in pods.values() {
-        let eps = models.entry(v.model.as_str()).or_default();
+        let (eps, dir) = models.entry(v.model.as_str()).or_default();
         if let Some(e) = &v.endpoint {
             eps.push(e.clone());
+        }
+        if dir.is_none() {
+            *dir = v.tokenizer.as_deref();
         }
     }
     models
         .into_iter()
-        .map(|(name, mut endpoints)| {
+        .map(|(name, (mut endpoints, dir))| {
             endpoints.sort_by(|a, b| a.key.cmp(&b.key));
-            ModelSpec { name: name.to_owned(), tokenizer: None, endpoints }
+            ModelSpec { name: name.to_owned(), tokenizer: tokenizer(name, dir), endpoints }
         })
         .collect()
+}
+
+/// Local tokenizers for Kubernetes-discovered models: `DIR/<model name>` under `--tokenizers-dir`,
+/// or the directory a pod's `model.aibrix.ai/tokenizer` annotation names (absolute, or under DIR).
+/// Each directory is loaded once; one that fails to load is logged once and left out.
+#[derive(Default)]
+pub struct Tokenizers {
+    root: Option<PathBuf>,
+    loaded: HashMap<PathBuf, Option<Arc<HfTokenizer>>>,
+}
+
+impl Tokenizers {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self { root, loaded: HashMap::new() }
+    }
+
+    pub fn find(&mut self, model: &str, named: Option<&str>) -> Option<Arc<HfTokenizer>> {
+        let dir = match named {
+            Some(n) if Path::new(n).is_absolute() => PathBuf::from(n),
+            Some(n) => self.root.as_ref()?.join(n),
+            None => self.root.as_ref()?.join(model),
+        };
+        if let Some(t) = self.loaded.get(&dir) {
+            return t.clone();
+        }
+        // Off the request path (the watcher's task), but a load takes ~0.2 s of CPU.
+        let loaded = match tokio::task::block_in_place(|| HfTokenizer::from_dir(&dir)) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                // No directory for this model under the root is normal: not every model has one.
+                if named.is_some() || dir.exists() {
+                    tracing::warn!(%model, dir = %dir.display(), error = %e, "tokenizer not loaded; routing on the byte approximation");
+                }
+                None
+            }
+        };
+        self.loaded.insert(dir, loaded.clone());
+        loaded
+    }
 }
 
 pub struct KubeSource {
     pub api: kube::Api<Pod>,
     pub selector: String,
+    pub tokenizers: Tokenizers,
 }
 
 impl KubeSource {
     /// Follows the API server until `stop` fires. Events that arrive together are applied as
     /// one publication.
-    pub async fn watch(self, registry: Arc<Registry>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(mut self, registry: Arc<Registry>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let cfg = watcher::Config::default().labels(&self.selector);
         let mut events =
             std::pin::pin!(watcher::watcher(self.api, cfg).backoff(Reconnect::default()).ready_chunks(4096));
@@ -138,7 +192,7 @@ impl KubeSource {
                 }
             }
             if changed && synced {
-                registry.publish(specs(&pods));
+                registry.publish(specs(&pods, |m, d| self.tokenizers.find(m, d)));
             }
         }
     }

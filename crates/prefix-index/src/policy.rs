@@ -82,6 +82,12 @@ pub struct PrefixParams {
     pub balance_rel: f64,
 }
 
+/// A new prompt's pod may hold at most this many times the mean in-flight count…
+pub const BOUNDED_LOAD: f64 = 1.5;
+/// …or this many requests, whichever is more (at low load the mean says little, and replicas,
+/// each seeing only its own requests, would otherwise disagree over one or two in flight).
+pub const BOUNDED_LOAD_FLOOR: u64 = 3;
+
 /// Cost = prefix_weight × uncached blocks + load_weight × in-flight requests, among pods the
 /// balance guard admits; ties go to the pod with the smaller index footprint, then at random.
 #[derive(Debug)]
@@ -102,16 +108,24 @@ impl Policy for PrefixAware {
         };
         let best_match = c.iter().map(|x| x.matched_blocks).max().unwrap_or(0);
         let order = match facts.placement {
-            // Nothing cached anywhere: rendezvous among the pods the guard admits, so every replica
-            // picks the same pod for the same first block whatever its own in-flight counts.
+            // Nothing cached anywhere: rendezvous hashing with bounded loads. Pods are ranked by a
+            // hash of the first block and their identity, so every replica ranks them alike; the
+            // first pod below 1.5 × the mean in-flight count (this one included) takes it. Replicas
+            // agree unless a pod is that much busier than the rest; no pod gets a burst of new
+            // conversations that happen to hash alike.
             Some(key) if best_match == 0 && facts.prompt_blocks > 0 => {
-                let mut keyed: Vec<(bool, std::cmp::Reverse<u64>, usize)> = c
+                let total: u64 = c.iter().map(|x| x.inflight).sum();
+                let cap = ((BOUNDED_LOAD * (total + 1) as f64 / c.len() as f64).ceil() as u64).max(BOUNDED_LOAD_FLOOR);
+                let mut keyed: Vec<(bool, bool, std::cmp::Reverse<u64>, usize)> = c
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| (guarded(x), std::cmp::Reverse(xxh3_64_with_seed(&key.to_le_bytes(), x.affinity)), i))
+                    .map(|(i, x)| {
+                        let rank = std::cmp::Reverse(xxh3_64_with_seed(&key.to_le_bytes(), x.affinity));
+                        (guarded(x), x.inflight + 1 > cap, rank, i)
+                    })
                     .collect();
                 keyed.sort_unstable();
-                keyed.iter().map(|k| k.2).collect()
+                keyed.iter().map(|k| k.3).collect()
             }
             _ => {
                 let mut rng = rand::rng();
@@ -259,15 +273,18 @@ mod tests {
             };
         let mut spread = std::collections::HashSet::new();
         for key in 0..64u64 {
-            // Two replicas with different in-flight counts (within the guard) agree.
+            // Two replicas with different in-flight counts (each pod under the bound) agree.
             let (a, outcome) = pick(&pods([0, 0, 0, 0]), key);
-            let (b, _) = pick(&pods([3, 0, 5, 1]), key);
+            let (b, _) = pick(&pods([3, 2, 4, 3]), key);
             assert_eq!((a, outcome), (b, Outcome::Miss), "key {key}");
             spread.insert(a);
         }
         assert_eq!(spread.len(), 4, "different prompts spread over every pod");
-        // The guard still passes over an overloaded pod.
+        // A pod far busier than the mean is passed over, as is one the guard excludes.
         let key = (0..64u64).find(|k| pick(&pods([0; 4]), *k).0 == 2).expect("some key lands on pod 2");
         assert_ne!(pick(&pods([0, 0, 20, 0]), key).0, 2);
+        assert_ne!(pick(&pods([2, 2, 6, 2]), key).0, 2, "6 + 1 > ⌈1.5 × (12 + 1) / 4⌉ = 5");
+        assert_eq!(pick(&pods([3, 2, 4, 3]), key).0, 2, "4 + 1 ≤ ⌈1.5 × (12 + 1) / 4⌉");
+        assert_eq!(pick(&pods([0, 0, 2, 0]), key).0, 2, "at low load up to 3 in flight are allowed");
     }
 }
