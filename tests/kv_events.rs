@@ -151,3 +151,47 @@ async fn the_index_follows_live_events_replay_restart_and_reset() {
     let m = client().get(format!("{}/metrics", admin(&r))).send().await.expect("metrics").text().await.expect("text");
     assert!(metric(&m, "prefix_router_kv_events_total") > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_restarts_empty_loses_its_traffic_to_the_pod_that_still_holds_the_prefix() {
+    let mut a = Pod::start("sim-a");
+    let b = Pod::start("sim-b");
+    let shared = prompt("shared", 120);
+    let longer = format!("{shared} and then some more words to make it longer on A");
+    // B holds the shared prefix; A holds it and more (so A wins while it is up).
+    complete(b.url("/v1/completions"), &shared).await;
+    complete(a.url("/v1/completions"), &longer).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = endpoints_file(&dir, &[&a, &b]);
+    let mut args = vec!["--kv-events=true"];
+    args.extend_from_slice(&REMOTE);
+    let r = router(&file, &args);
+    wait_for(&r, a.port, "A synced", |(t, n)| t == "exact" && *n > 0).await;
+    wait_for(&r, b.port, "B synced", |(t, n)| t == "exact" && *n > 0).await;
+    let grpc = common::cluster::grpc_addr(&r);
+    let client = common::extproc::connect(grpc).await;
+    let body = json!({"model": "tiny-chat", "prompt": longer}).to_string().into_bytes();
+    let dest = |resp: &envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse| {
+        common::extproc::destination(resp).expect("a destination")
+    };
+    let (_, resp) = common::extproc::decide(&client, "/v1/completions", &body).await;
+    assert_eq!(dest(&resp), format!("127.0.0.1:{}", a.port), "A holds the longest prefix");
+
+    a.restart();
+    // A's first event from its new life: an unrelated request straight to it.
+    complete(a.url("/v1/completions"), &prompt("unrelated", 20)).await;
+    let sent = Instant::now();
+    loop {
+        let (_, resp) = common::extproc::decide(&client, "/v1/completions", &body).await;
+        if dest(&resp) == format!("127.0.0.1:{}", b.port) {
+            break;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(5), "traffic still goes to the restarted pod");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("the restarted pod stopped attracting its old prefix {:?} after its first new request", sent.elapsed());
+    for _ in 0..5 {
+        let (_, resp) = common::extproc::decide(&client, "/v1/completions", &body).await;
+        assert_eq!(dest(&resp), format!("127.0.0.1:{}", b.port), "B, which holds the prefix, keeps it");
+    }
+}

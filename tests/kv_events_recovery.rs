@@ -160,7 +160,20 @@ async fn replay_from_zero_then_gaps_are_replayed_and_an_unrecoverable_gap_degrad
         assert_eq!(pod.trust(), Trust::Exact);
         seq = 5;
 
-        // The buffer rolls over: 6-7 are gone from it when 8 arrives. The pod is degraded.
+        // The engine restarts behind the same socket: seq goes back to 0 (its replay buffer is the new
+        // process's). The pod is forgotten and rebuilt from a replay from 0.
+        let forgets = *sink.forgets.lock().unwrap();
+        engine.buffer.lock().unwrap().clear();
+        engine.batch(0, true).await;
+        engine.batch(1, false).await;
+        until("resynced after the seq regression", || *sink.forgets.lock().unwrap() > forgets).await;
+        until("the new process's batches applied", || sink.seqs.lock().unwrap().ends_with(&[0, 1])).await;
+        assert_eq!(pod.trust(), Trust::Exact);
+        engine.batch(2, false).await;
+        until("live again", || sink.seqs.lock().unwrap().ends_with(&[0, 1, 2])).await;
+        seq = 2;
+
+        // The buffer rolls over: the next two are gone from it when the third arrives. Degraded.
         engine.buffer.lock().unwrap().clear();
         engine.batch(seq + 3, false).await;
         until("degraded", || pod.trust() == Trust::Degraded).await;

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
                     Blocks { parent: *parent, engine_hashes: block_hashes, token_ids, block_size: *block_size, medium: *medium };
                 let _ = index.store(PodId(1), &blocks, HashSeed::new("m", None, 0));
             }
-            Change::Removed { block_hashes, medium } => index.remove(PodId(1), block_hashes, *medium),
+            Change::Removed { block_hashes, medium } => {
+                index.remove(PodId(1), block_hashes, *medium);
+            }
             Change::Cleared => index.clear_pod(PodId(1)),
         }
     }

@@ -136,7 +136,11 @@ impl Indexes {
                     }
                 }
                 Change::Removed { block_hashes, medium } => {
-                    self.events.remove(pod, block_hashes, *medium);
+                    // An evicted block is not "sent, not yet reported" either: forget it there too.
+                    let own = self.events.remove(pod, block_hashes, *medium);
+                    for r in &mut self.recent {
+                        r.forget(pod, &own);
+                    }
                     out.removed += block_hashes.len();
                 }
                 Change::Cleared => {

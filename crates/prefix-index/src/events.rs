@@ -117,14 +117,18 @@ impl EventIndex {
         Ok(own.len())
     }
 
-    /// Applies a `BlockRemoved` (blocks the pod no longer holds in `medium`).
-    pub fn remove(&mut self, pod: PodId, engine_hashes: &[u64], medium: Medium) {
-        let Some(entry) = self.pods.get_mut(&pod) else { return };
+    /// Applies a `BlockRemoved` (blocks the pod no longer holds in `medium`); returns the own
+    /// hashes removed, so other views of the pod can forget them too.
+    pub fn remove(&mut self, pod: PodId, engine_hashes: &[u64], medium: Medium) -> Vec<u64> {
+        let Some(entry) = self.pods.get_mut(&pod) else { return Vec::new() };
+        let mut removed = Vec::new();
         for engine in engine_hashes {
             if let Some(own) = entry.by_engine.remove(&(*engine, medium)) {
                 remove_holder(&mut self.blocks, own, (pod, medium));
+                removed.push(own);
             }
         }
+        removed
     }
 
     /// `AllBlocksCleared`, a restart, or a pod that left: it holds nothing.

@@ -88,6 +88,16 @@ impl PrefixIndex {
         }
     }
 
+    /// Forgets that `pod` holds these blocks (it reported evicting them).
+    pub fn forget(&mut self, pod: PodId, hashes: &[u64]) {
+        let Some(lru) = self.pods.get_mut(&pod) else { return };
+        for h in hashes {
+            if lru.pop(h).is_some() {
+                remove_holder(&mut self.blocks, *h, pod);
+            }
+        }
+    }
+
     /// Forgets everything about a pod that left discovery.
     pub fn remove_pod(&mut self, pod: PodId) {
         if let Some(lru) = self.pods.remove(&pod) {

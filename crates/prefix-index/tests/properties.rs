@@ -12,6 +12,7 @@ use std::collections::HashSet;
 enum Op {
     Record(u32, Vec<u64>),
     Remove(u32),
+    Forget(u32, Vec<u64>),
     Lookup(Vec<u64>),
 }
 
@@ -20,6 +21,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u32..4, hashes.clone()).prop_map(|(p, h)| Op::Record(p, h)),
         1 => (0u32..4).prop_map(Op::Remove),
+        1 => (0u32..4, prop::collection::vec(0u64..24, 0..4)).prop_map(|(p, h)| Op::Forget(p, h)),
         3 => hashes.prop_map(Op::Lookup),
     ]
 }
@@ -73,6 +75,12 @@ proptest! {
                 Op::Remove(p) => {
                     index.remove_pod(PodId(p));
                     model.pods.retain(|(q, _)| *q != p);
+                }
+                Op::Forget(p, h) => {
+                    index.forget(PodId(p), &h);
+                    if let Some((_, held)) = model.pods.iter_mut().find(|(q, _)| *q == p) {
+                        held.retain(|x| !h.contains(x));
+                    }
                 }
                 Op::Lookup(h) => {
                     let m = index.lookup(&h);
