@@ -16,22 +16,22 @@ use tonic::Status;
 
 const HEADER: &str = "x-gateway-destination-endpoint";
 
+/// Headers as Envoy sends them: values in `raw_value`.
+fn header_map(hs: &[(&str, &str)]) -> Option<HeaderMap> {
+    let headers = hs
+        .iter()
+        .map(|(k, v)| HeaderValue { key: (*k).into(), raw_value: v.as_bytes().to_vec(), ..Default::default() })
+        .collect();
+    Some(HeaderMap { headers })
+}
+
 fn headers(path: &str, end_of_stream: bool, mode: BodySendMode, extra: &[(&str, &str)]) -> ProcessingRequest {
     let mut hs = vec![(":method", "POST"), (":path", path)];
     hs.extend_from_slice(extra);
     ProcessingRequest {
         protocol_config: Some(ProtocolConfiguration { request_body_mode: mode as i32, ..Default::default() }),
         request: Some(Request::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: hs
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: (*k).into(),
-                        raw_value: v.as_bytes().to_vec(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            }),
+            headers: header_map(&hs),
             end_of_stream,
             ..Default::default()
         })),
@@ -339,19 +339,7 @@ fn response_headers(status: &str, from_upstream: bool) -> ProcessingRequest {
         hs.push(("x-envoy-upstream-service-time", "3"));
     }
     ProcessingRequest {
-        request: Some(Request::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: hs
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: (*k).into(),
-                        raw_value: v.as_bytes().to_vec(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            }),
-            ..Default::default()
-        })),
+        request: Some(Request::ResponseHeaders(HttpHeaders { headers: header_map(&hs), ..Default::default() })),
         ..Default::default()
     }
 }

@@ -173,9 +173,12 @@ impl Router {
         self.metrics.observe_phase("lookup", t.elapsed());
 
         let t = Instant::now();
-        let pick = state
-            .policy
-            .pick(&facts, &RequestFacts { prompt_blocks: lookup.len(), placement: hashes.first().copied() });
+        // Rendezvous placement keeps replicas without shared state in agreement. When every pod's
+        // events are trusted the replicas agree through the events, and a balanced placement
+        // (load, then the smaller footprint) serves time to first token better.
+        let all_exact = candidates.iter().all(|e| e.trust() == Trust::Exact);
+        let placement = if all_exact { None } else { hashes.first().copied() };
+        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: lookup.len(), placement });
         self.metrics.observe_phase("pick", t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
