@@ -80,7 +80,10 @@ async fn a_repeated_prompt_hits_its_blocks_until_other_prompts_evict_them() {
     let (_, evicted) = complete(&sim, &first).await;
     assert_eq!(evicted, 0, "the first prompt's blocks were evicted");
     let text = metrics(&sim).await;
-    assert!(text.contains(r#"vllm:cache_config_info{block_size="16",enable_prefix_caching="True",model_name="tiny-chat",num_gpu_blocks="300"} 1"#));
+    assert!(
+        text.contains(r#"vllm:cache_config_info{block_size="16",enable_prefix_caching="True",hash_block_size="16",model_name="tiny-chat",num_gpu_blocks="300",prefix_caching_hash_algo="sha256_cbor"} 1"#),
+        "{text}"
+    );
     assert!(metric(&text, "vllm:prefix_cache_queries_total") >= 12000.0);
 }
 
