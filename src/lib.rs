@@ -1,6 +1,6 @@
 //! prefix-router: an Envoy ext_proc sidecar that routes each OpenAI-style request to the vLLM pod
 //! most likely to hold its prompt prefix in KV cache. Modules import only downward:
-//! `server` → `extproc` → `routing` → (`tokenizer`, `discovery`, `metrics`) → the `prefix-index`
+//! `server` → (`extproc`, `kv_events`) → `routing` → (`tokenizer`, `discovery`, `metrics`) → the `prefix-index`
 //! and `hf-chat` crates.
 
 pub mod config;

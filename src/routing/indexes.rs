@@ -156,9 +156,4 @@ impl Indexes {
     pub(super) fn event_blocks(&self, pod: PodId) -> usize {
         self.events.pod_blocks(pod)
     }
-
-    /// Entries in the event index (for memory figures).
-    pub(super) fn event_entries(&self) -> usize {
-        self.events.len()
-    }
 }

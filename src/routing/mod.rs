@@ -254,12 +254,6 @@ impl Router {
             .map_or(0, |m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_blocks(pod))
     }
 
-    /// Entries in every model's event index.
-    pub fn event_entries(&self) -> usize {
-        let models = self.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        models.values().map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_entries()).sum()
-    }
-
     /// Models discovery knows now.
     pub fn model_count(&self) -> usize {
         self.registry.snapshot().models.len()
