@@ -106,31 +106,22 @@ impl Policy {
             Policy::RoundRobin => vec!["--policy", "round-robin"],
             Policy::LeastLoad => vec!["--policy", "least-load"],
             Policy::PrefixLocal => vec!["--policy", "prefix"],
-            Policy::PrefixRemote => vec![
-                "--policy",
-                "prefix",
-                "--enable-vllm-remote-tokenizer",
-                "true",
-                "--vllm-tokenizer-endpoint-template",
-                "http://{ip}:{port}",
-                "--tokenizer-request-timeout",
-                "2s",
-            ],
-            Policy::PrefixEvents => vec![
-                "--policy",
-                "prefix",
-                "--kv-events=true",
-                "--enable-vllm-remote-tokenizer",
-                "true",
-                "--vllm-tokenizer-endpoint-template",
-                "http://{ip}:{port}",
-                "--tokenizer-request-timeout",
-                "2s",
-            ],
+            Policy::PrefixRemote => [&["--policy", "prefix"][..], REMOTE_TOKENS].concat(),
+            Policy::PrefixEvents => [&["--policy", "prefix", "--kv-events=true"][..], REMOTE_TOKENS].concat(),
             Policy::Oracle => vec![],
         }
     }
 }
+
+/// Tokenize through the sims' `/tokenize` (the engine's own tokens).
+const REMOTE_TOKENS: &[&str] = &[
+    "--enable-vllm-remote-tokenizer",
+    "true",
+    "--vllm-tokenizer-endpoint-template",
+    "http://{ip}:{port}",
+    "--tokenizer-request-timeout",
+    "2s",
+];
 
 /// How one workload's pods and routers are set up.
 #[derive(Clone, Copy)]

@@ -330,6 +330,17 @@ mod tests {
         assert_eq!(local.tokenize_now(&model(false), &text).expect("tokens").space, TokenSpace::Approx);
     }
 
+    /// Takes the pool's one worker until the sender is used or dropped.
+    async fn occupy(
+        cpu: &Arc<CpuPool>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<Result<bool, super::super::PoolFull>>) {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let cpu = Arc::clone(cpu);
+        let busy = tokio::spawn(async move { cpu.run(move || release_rx.recv().is_ok()).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        (release_tx, busy)
+    }
+
     /// One worker, no queue, a 64 KiB cap.
     fn limited() -> (LocalTokenizer, Arc<Metrics>, Arc<CpuPool>) {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -363,12 +374,7 @@ mod tests {
     async fn a_full_pool_routes_on_the_approximation_instead_of_waiting() {
         let (local, metrics, cpu) = limited();
         let m = Arc::new(model(true));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let cpu = Arc::clone(&cpu);
-            tokio::spawn(async move { cpu.run(move || release_rx.recv().is_ok()).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (release_tx, busy) = occupy(&cpu).await;
         let long = "x".repeat(100_000);
         let tokens = local.tokenize(&m, &completion(&long)).await.expect("tokens");
         assert_eq!(tokens.space, TokenSpace::Approx);
@@ -384,12 +390,7 @@ mod tests {
     async fn large_tools_are_worked_on_off_the_async_workers() {
         let (local, metrics, cpu) = limited();
         let m = Arc::new(model(true));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let cpu = Arc::clone(&cpu);
-            tokio::spawn(async move { cpu.run(move || release_rx.recv().is_ok()).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (release_tx, busy) = occupy(&cpu).await;
         let tools = json!([{"type": "function", "function": {"name": "f", "description": "d".repeat(100_000), "parameters": {}}}]);
         let req = parse(
             Endpoint::ChatCompletions,
