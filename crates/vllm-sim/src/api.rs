@@ -13,6 +13,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Largest request body the sim reads.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 pub(crate) fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/tokenize", post(tokenize))
@@ -26,6 +29,8 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/prefix", post(prefix))
         .route("/kv_event_sources", get(kv_event_sources))
         .route("/reset_prefix_cache", post(reset_prefix_cache))
+        // vLLM (FastAPI) sets no body limit; axum's default of 2 MB would reset long prompts.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&sim), stamp_id))
         .with_state(sim)
         .layer(axum::middleware::from_fn(log_request))
