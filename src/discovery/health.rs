@@ -1,8 +1,10 @@
 //! Whether routing may use a pod right now. Discovery says which pods exist and are Ready; this
 //! says which of those answered when last tried. A pod is ejected on the first sign of death — a
-//! connection refused or reset that Envoy reports on the response path (its own 503), a failed
-//! probe, its tokenizer refusing connections — and comes back when a probe of `GET /health`
-//! passes. Ejections are logged and counted; probes run off the request path.
+//! connection refused or reset that Envoy reports on the response path (its own 503), a probe
+//! refused, its tokenizer refusing connections — or on a second probe in a row that times out or
+//! fails (a pod busy enough to answer `/health` late once is busy, not dead), and comes back when
+//! a probe of `GET /health` passes. Ejections are logged and counted; probes run off the request
+//! path.
 
 use super::{Endpoint, Registry};
 use crate::metrics::Metrics;
@@ -52,6 +54,14 @@ impl Endpoint {
     }
 }
 
+enum Probe {
+    Passed,
+    /// Nothing listens: dead now.
+    Refused,
+    /// Timed out or answered an error: dead only if it happens twice in a row.
+    Failed,
+}
+
 /// Probes every pod every `period` and ejected pods every `retry`, until `stop`.
 pub async fn probe(
     registry: Arc<Registry>,
@@ -79,17 +89,84 @@ pub async fn probe(
         let checks = targets.into_iter().map(|e| {
             let http = http.clone();
             async move {
-                let ok =
-                    http.get(format!("http://{}/health", e.addr)).send().await.is_ok_and(|r| r.status().is_success());
-                (e, ok)
+                let outcome = match http.get(format!("http://{}/health", e.addr)).send().await {
+                    Ok(r) if r.status().is_success() => Probe::Passed,
+                    Err(err) if err.is_connect() => Probe::Refused,
+                    _ => Probe::Failed,
+                };
+                (e, outcome)
             }
         });
-        for (e, ok) in futures::future::join_all(checks).await {
-            if ok {
-                e.restore();
-            } else {
-                e.eject(Ejection::Probe, &metrics);
+        for (e, outcome) in futures::future::join_all(checks).await {
+            match outcome {
+                Probe::Passed => {
+                    e.probe_failures.store(0, Ordering::Release);
+                    e.restore();
+                }
+                Probe::Refused => e.eject(Ejection::Probe, &metrics),
+                Probe::Failed => {
+                    if e.probe_failures.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= 2 {
+                        e.eject(Ejection::Probe, &metrics);
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{EndpointSpec, Engine, ModelSpec};
+    use std::sync::atomic::AtomicU16;
+
+    /// A pod whose `/health` answers `status` (503 counts as a failed probe, not a refusal).
+    async fn health_server(status: Arc<AtomicU16>) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let s = status.load(Ordering::Relaxed);
+                async move { axum::http::StatusCode::from_u16(s).unwrap_or(axum::http::StatusCode::OK) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_probe_ejects_at_once_a_failing_one_only_the_second_time_and_a_pass_restores() {
+        let status = Arc::new(AtomicU16::new(503));
+        let busy = health_server(Arc::clone(&status)).await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let registry = Arc::new(Registry::new());
+        let spec = |addr: std::net::SocketAddr| EndpointSpec { key: addr.to_string(), addr, engine: Engine::Vllm };
+        registry.publish(vec![ModelSpec {
+            name: "m".into(),
+            tokenizer: None,
+            endpoints: vec![spec(busy), spec(closed)],
+        }]);
+        let snap = registry.snapshot();
+        let (b, c) = (Arc::clone(&snap.models["m"].endpoints[0]), Arc::clone(&snap.models["m"].endpoints[1]));
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        // A round every 200 ms (at 200, 400, 600 ms…); the checks fall between rounds.
+        let period = Duration::from_millis(200);
+        let task = tokio::spawn(probe(Arc::clone(&registry), Arc::clone(&metrics), period, period, stop));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!c.is_routable(), "nothing listens: out at the first probe");
+        assert!(b.is_routable(), "one failed probe: busy, not dead");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!b.is_routable(), "failed twice in a row: out");
+        status.store(200, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.is_routable(), "a passing probe brings it back");
+        assert_eq!(metrics.endpoint_ejections.with_label_values(&["probe"]).get(), 2);
+        let _ = stop_tx.send(true);
+        let _ = task.await;
     }
 }

@@ -48,6 +48,8 @@ pub struct Endpoint {
     ejected: AtomicBool,
     /// How far routing may trust this pod's KV events (set by the subscriber).
     trust: std::sync::atomic::AtomicU8,
+    /// Probes in a row that timed out or failed (not refused): see `health`.
+    probe_failures: std::sync::atomic::AtomicU8,
 }
 
 /// How routing sees a pod's cache.
@@ -245,6 +247,7 @@ impl Registry {
                         inflight: AtomicU64::new(0),
                         ejected: AtomicBool::new(false),
                         trust: std::sync::atomic::AtomicU8::new(0),
+                        probe_failures: std::sync::atomic::AtomicU8::new(0),
                     })
                 });
                 if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {
