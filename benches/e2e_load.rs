@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/bins.rs"]
 mod bins;
+#[path = "../tests/common/bootstrap.rs"]
+mod bootstrap;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -210,11 +212,9 @@ async fn main() {
     let (p_direct, p_routed) = (free_port(), free_port());
     let sim_port = sim_addr.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
     let _direct = envoy(DIRECT.replace("LISTEN", &p_direct.to_string()).replace("SIM", &sim_port));
-    let routed_cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
-        .expect("example")
-        .replace("port_value: 10000", &format!("port_value: {p_routed}"))
-        .replace("port_value: 9901", &format!("port_value: {}", free_port()))
-        .replace("port_value: 9002", &format!("port_value: {grpc_port}"));
+    let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
+    let sim: std::net::SocketAddr = sim_addr.parse().expect("sim address");
+    let routed_cfg = bootstrap::rewrite(&example, p_routed, free_port(), &[grpc_port.parse().expect("port")], &[sim]);
     let _routed = envoy(routed_cfg);
     wait_port(p_direct).await;
     wait_port(p_routed).await;

@@ -16,6 +16,8 @@
 
 #[path = "../tests/common/bins.rs"]
 mod bins;
+#[path = "../tests/common/bootstrap.rs"]
+mod bootstrap;
 
 #[path = "routing/plot.rs"]
 mod plot;
@@ -195,15 +197,10 @@ impl Stack {
             wait_exact(&routers, sims.len()).await;
         }
         let port = free_port();
-        let endpoint = |p: &str| {
-            format!("        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n")
-        };
-        let all: String = grpc_ports.iter().map(|p| endpoint(p)).collect();
-        let cfg = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml"))
-            .expect("example")
-            .replace("port_value: 10000", &format!("port_value: {port}"))
-            .replace("port_value: 9901", &format!("port_value: {}", free_port()))
-            .replace(&endpoint("9002"), &all);
+        let ports: Vec<u16> = grpc_ports.iter().map(|p| p.parse().expect("port")).collect();
+        let pods: Vec<SocketAddr> = sims.iter().map(|(_, a)| *a).collect();
+        let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
+        let cfg = bootstrap::rewrite(&example, port, free_port(), &ports, &pods);
         let cfg_path = dir.join("envoy.yaml");
         std::fs::write(&cfg_path, cfg).expect("write envoy");
         let envoy = Command::new(envoy_bin())

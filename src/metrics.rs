@@ -42,6 +42,8 @@ pub struct Metrics {
     pub tokenize_degraded: IntCounterVec,
     /// Pods taken out of routing, by reason.
     pub endpoint_ejections: IntCounterVec,
+    /// The proxy's served-endpoint reports: `match` (the primary served) or `mismatch`.
+    pub served_reports: IntCounterVec,
     /// KV events applied and subscription occurrences, by kind.
     pub kv_events: IntCounterVec,
     /// Seconds from a batch's engine timestamp to its application here.
@@ -115,6 +117,13 @@ impl Metrics {
             Opts::new("prefix_router_endpoint_ejections_total", "Pods taken out of routing on a sign of death"),
             &["reason"],
         )?;
+        let served_reports = IntCounterVec::new(
+            Opts::new(
+                "prefix_router_served_reports_total",
+                "Served-endpoint reports from the proxy: the chosen pod served (match) or another did (mismatch)",
+            ),
+            &["result"],
+        )?;
         let kv_events = IntCounterVec::new(
             Opts::new(
                 "prefix_router_kv_events_total",
@@ -141,6 +150,7 @@ impl Metrics {
             &piece_tokens,
             &tokenize_degraded,
             &endpoint_ejections,
+            &served_reports,
             &kv_events,
             &kv_event_lag,
         ] {
@@ -162,6 +172,7 @@ impl Metrics {
             piece_tokens,
             tokenize_degraded,
             endpoint_ejections,
+            served_reports,
             kv_events,
             kv_event_lag,
         })

@@ -45,23 +45,8 @@ fn start(replicas: usize, events: bool) -> Setup {
     let args: Vec<&str> = if events { [&["--kv-events=true"][..], &REMOTE[..]].concat() } else { Vec::new() };
     let routers: Vec<Proc> = (0..replicas).map(|_| router(&file, &args)).collect();
     let ports: Vec<u16> = routers.iter().map(|r| common::cluster::grpc_addr(r).port()).collect();
-    let first = common::cluster::grpc_addr(&routers[0]);
-    let envoy = Envoy::start(Mode::Buffered, first, move |yaml| {
-        let one = format!(
-            "        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
-            ports[0]
-        );
-        let all: String = ports
-            .iter()
-            .map(|p| {
-                format!(
-                    "        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n"
-                )
-            })
-            .collect();
-        assert!(yaml.contains(&one), "the example's ext_proc endpoint line");
-        yaml.replace(&one, &all)
-    });
+    let pods: Vec<std::net::SocketAddr> = sims.iter().map(|s| s.addr).collect();
+    let envoy = Envoy::start(Mode::Buffered, &ports, &pods);
     Setup { sims, routers, envoy, _dir: dir }
 }
 

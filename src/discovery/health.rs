@@ -1,6 +1,7 @@
 //! Whether routing may use a pod right now. Discovery says which pods exist and are Ready; this
 //! says which of those answered when last tried. A pod is ejected on the first sign of death — a
-//! connection refused or reset that Envoy reports on the response path (its own 503), a probe
+//! connection refused or reset that Envoy reports on the response path (its own 503, or the
+//! served-endpoint report naming the next address after a retry), a probe
 //! refused, its tokenizer refusing connections — or on a second probe in a row that times out or
 //! fails (a pod busy enough to answer `/health` late once is busy, not dead), and comes back when
 //! a probe of `GET /health` passes. Ejections are logged and counted; probes run off the request
@@ -21,6 +22,8 @@ pub enum Ejection {
     Probe,
     /// The pod's tokenizer refused the connection.
     Tokenizer,
+    /// The proxy served the request from the next address in the header: the pod was unusable.
+    ServedElsewhere,
 }
 
 impl Ejection {
@@ -29,6 +32,7 @@ impl Ejection {
             Ejection::UpstreamUnreachable => "upstream_unreachable",
             Ejection::Probe => "probe",
             Ejection::Tokenizer => "tokenizer",
+            Ejection::ServedElsewhere => "served_elsewhere",
         }
     }
 }

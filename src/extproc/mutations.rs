@@ -99,8 +99,16 @@ pub(super) fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> 
     body.chunks(MAX_CHUNK).enumerate().map(|(i, c)| chunk(c, i + 1 == n)).collect()
 }
 
-pub(super) fn continue_response_headers() -> ProcessingResponse {
-    ProcessingResponse { response: Some(Response::ResponseHeaders(HeadersResponse::default())), ..Default::default() }
+/// Response headers go on, without `remove` (a header only the proxy and the router should see).
+pub(super) fn continue_response_headers(remove: &str) -> ProcessingResponse {
+    let response = CommonResponse {
+        header_mutation: Some(HeaderMutation { remove_headers: vec![remove.to_owned()], ..Default::default() }),
+        ..Default::default()
+    };
+    ProcessingResponse {
+        response: Some(Response::ResponseHeaders(HeadersResponse { response: Some(response) })),
+        ..Default::default()
+    }
 }
 
 pub(super) fn continue_body(request: bool) -> ProcessingResponse {

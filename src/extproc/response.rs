@@ -1,33 +1,43 @@
-//! Response phases: nothing to change. A response body sent in FULL_DUPLEX_STREAMED (Envoy's
-//! response mode, which need not be the request's) is handed back chunk by chunk; otherwise each
-//! message gets an empty answer.
+//! Response phases. Response headers carry what the proxy knows of the upstream: its own 503 (it
+//! could not reach the pod) and the served-endpoint report (GIE's `envoy.lb` metadata, or the
+//! `<destination header>-served` header the example bootstraps add, which is removed here so
+//! clients never see pod addresses). A response body sent in FULL_DUPLEX_STREAMED (Envoy's response
+//! mode, which need not be the request's) is handed back chunk by chunk; otherwise each message
+//! gets an empty answer.
 
-use super::mutations;
+use super::mutations::{self, METADATA_KEY};
 use super::state::StreamState;
 use crate::discovery::health::Ejection;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use std::net::SocketAddr;
 
 /// Envoy adds this to responses that came from the upstream; its own local replies lack it.
 const UPSTREAM_TIME: &str = "x-envoy-upstream-service-time";
 
-/// A 503 that Envoy made itself for a routed request means it could not reach the pod (refused,
-/// reset, no route to it): the pod leaves routing at once, before discovery notices.
-pub(super) fn headers(st: &mut StreamState, h: &HttpHeaders) -> Vec<ProcessingResponse> {
-    let (mut status, mut from_upstream) = (None, false);
+pub(super) fn headers(st: &mut StreamState, h: &HttpHeaders, meta: Option<&Metadata>) -> Vec<ProcessingResponse> {
+    let served_header = format!("{}-served", st.header());
+    let (mut status, mut from_upstream, mut served) = (None, false, None);
     for hv in h.headers.iter().flat_map(|m| m.headers.iter()) {
         let value = if hv.raw_value.is_empty() { hv.value.as_bytes() } else { &hv.raw_value[..] };
         match hv.key.as_str() {
             ":status" => status = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u16>().ok()),
             UPSTREAM_TIME => from_upstream = true,
+            k if k == served_header => served = parse_addr(value),
             _ => {}
         }
     }
-    if status == Some(503) && !from_upstream {
-        if let Some(d) = &st.decision {
+    let served = served_metadata(meta).or(served);
+    if let Some(d) = &mut st.decision {
+        // A 503 that Envoy made itself for a routed request: it could not reach the pod.
+        if status == Some(503) && !from_upstream {
             d.endpoints[0].eject(Ejection::UpstreamUnreachable, &st.ctx.metrics);
+        } else if let Some(addr) = served.filter(|_| from_upstream) {
+            st.ctx.router.served(d, addr);
         }
     }
-    vec![mutations::continue_response_headers()]
+    vec![mutations::continue_response_headers(&served_header)]
 }
 
 pub(super) fn body(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse> {
@@ -36,4 +46,17 @@ pub(super) fn body(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse>
     } else {
         vec![mutations::continue_body(false)]
     }
+}
+
+/// `filter_metadata["envoy.lb"]["x-gateway-destination-endpoint-served"]` (GIE, DESIGN §8).
+fn served_metadata(meta: Option<&Metadata>) -> Option<SocketAddr> {
+    let lb = meta?.filter_metadata.get("envoy.lb")?;
+    match lb.fields.get(&format!("{METADATA_KEY}-served"))?.kind.as_ref()? {
+        Kind::StringValue(s) => parse_addr(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn parse_addr(v: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }

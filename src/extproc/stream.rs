@@ -73,7 +73,7 @@ async fn dispatch(st: &mut StreamState, msg: ProcessingRequest) -> Vec<Processin
         Some(Request::RequestHeaders(h)) => request_headers::handle(st, h),
         Some(Request::RequestBody(b)) => request_body::handle(st, b).await,
         Some(Request::RequestTrailers(_)) => request_body::trailers(st).await,
-        Some(Request::ResponseHeaders(h)) => response::headers(st, &h),
+        Some(Request::ResponseHeaders(h)) => response::headers(st, &h, msg.metadata_context.as_ref()),
         Some(Request::ResponseBody(b)) => response::body(st, b),
         Some(Request::ResponseTrailers(_)) => vec![mutations::continue_trailers(false)],
         None => Vec::new(),

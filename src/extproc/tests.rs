@@ -368,3 +368,44 @@ async fn envoy_s_own_503_takes_the_pod_out_of_routing_and_the_pod_s_own_does_not
     }
     assert_eq!(k.metrics.endpoint_ejections.with_label_values(&["upstream_unreachable"]).get(), 1);
 }
+
+/// Response headers from the pod with the proxy's GIE served-endpoint report in `envoy.lb`.
+fn served_report(addr: &str) -> ProcessingRequest {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let served = Value { kind: Some(Kind::StringValue(addr.into())) };
+    let lb = Struct { fields: [(format!("{HEADER}-served"), served)].into() };
+    let mut r = response_headers("200", true);
+    r.metadata_context = Some(Metadata { filter_metadata: [("envoy.lb".to_owned(), lb)].into(), ..Default::default() });
+    r
+}
+
+#[tokio::test]
+async fn a_served_report_naming_another_pod_moves_the_conversation_there_and_the_header_never_leaks() {
+    let k = kit(vec![spec("m", 3)], routing_config());
+    let prompt = completion("a conversation whose pod is about to fail its connection");
+    let routed = |report: Option<&str>| {
+        let mut msgs = vec![headers("/v1/completions", false, BodySendMode::Buffered, &[]), body(&prompt, true)];
+        msgs.extend(report.map(served_report));
+        msgs
+    };
+    let out = exchange(&k, BodyMode::Auto, routed(None)).await;
+    let first = destination(&out[1]).expect("routed");
+    let out = exchange(&k, BodyMode::Auto, routed(Some(&first))).await;
+    assert_eq!(destination(&out[1]).as_deref(), Some(first.as_str()), "sticky");
+    let Some(Response::ResponseHeaders(h)) = &out[2].response else { panic!("{:?}", out[2]) };
+    let removed = h.response.as_ref().and_then(|c| c.header_mutation.as_ref()).map(|m| m.remove_headers.clone());
+    assert_eq!(removed, Some(vec![format!("{HEADER}-served")]), "clients never see pod addresses");
+    assert_eq!(k.metrics.served_reports.with_label_values(&["match"]).get(), 1);
+
+    // The proxy could not use the primary and served the request from another pod.
+    let other = if first == "10.0.0.1:8000" { "10.0.0.2:8000" } else { "10.0.0.1:8000" };
+    let out = exchange(&k, BodyMode::Auto, routed(Some(other))).await;
+    assert_eq!(destination(&out[1]).as_deref(), Some(first.as_str()));
+    assert_eq!(k.metrics.served_reports.with_label_values(&["mismatch"]).get(), 1);
+    assert_eq!(k.metrics.endpoint_ejections.with_label_values(&["served_elsewhere"]).get(), 1);
+    for _ in 0..3 {
+        let out = exchange(&k, BodyMode::Auto, routed(None)).await;
+        assert_eq!(destination(&out[1]).as_deref(), Some(other), "the conversation follows the pod that served it");
+    }
+}

@@ -1,6 +1,7 @@
 //! The decision path: model → ready pods → tokens → block hashes → index lookup → policy pick →
 //! record + in-flight guard. Nothing here knows about ext_proc or HTTP.
 
+use crate::discovery::health::Ejection;
 use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
@@ -38,6 +39,8 @@ pub struct Decision {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub outcome: Outcome,
     pub guard: InflightGuard,
+    /// The prompt's block hashes as recorded at the primary (moved if another pod serves it).
+    hashes: Vec<u64>,
 }
 
 impl Decision {
@@ -209,7 +212,32 @@ impl Router {
         self.metrics.observe_phase("total", started.elapsed());
         let endpoints: Vec<Arc<Endpoint>> =
             order[at..].iter().take(1 + self.cfg.fallbacks).map(|&i| Arc::clone(candidates[i])).collect();
-        Ok(Decision { endpoints, outcome, guard })
+        Ok(Decision { endpoints, outcome, guard, hashes })
+    }
+
+    /// The proxy reports which pod served a decided request. When it is not the primary, Envoy
+    /// could not use the primary (a refused or reset connection, retried on the next address):
+    /// that pod leaves routing until a probe passes, and the request's prefix and in-flight count
+    /// move to the pod that served it, so the conversation follows.
+    pub fn served(&self, d: &mut Decision, served: std::net::SocketAddr) {
+        let primary = Arc::clone(&d.endpoints[0]);
+        if primary.addr == served {
+            self.metrics.served_reports.with_label_values(&["match"]).inc();
+            return;
+        }
+        self.metrics.served_reports.with_label_values(&["mismatch"]).inc();
+        primary.eject(Ejection::ServedElsewhere, &self.metrics);
+        let snapshot = self.registry.snapshot();
+        let Some(model) = snapshot.models.get(&*primary.model) else { return };
+        let Some(pod) = model.endpoints.iter().find(|e| e.addr == served) else { return };
+        if !d.hashes.is_empty() {
+            let state = self.model_state(&primary.model);
+            let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.registry.is_live(&primary.model, pod.id) {
+                index.record(pod.id, &d.hashes);
+            }
+        }
+        d.guard = InflightGuard::new(Arc::clone(pod));
     }
 
     /// The tokens a request would be routed with (for `/debug/tokenize`); nothing is recorded.
@@ -284,7 +312,7 @@ impl Router {
     fn decision<'a>(&self, ordered: impl Iterator<Item = &'a Arc<Endpoint>>, outcome: Outcome) -> Decision {
         let endpoints: Vec<Arc<Endpoint>> = ordered.take(1 + self.cfg.fallbacks).cloned().collect();
         let guard = InflightGuard::new(Arc::clone(&endpoints[0]));
-        Decision { endpoints, outcome, guard }
+        Decision { endpoints, outcome, guard, hashes: Vec::new() }
     }
 
     fn model_state(&self, model: &str) -> Arc<ModelState> {

@@ -59,15 +59,13 @@ impl Drop for Envoy {
 }
 
 impl Envoy {
-    pub(crate) fn start(mode: Mode, extproc: SocketAddr, transform: impl Fn(String) -> String) -> Envoy {
+    /// Envoy from the mode's example bootstrap, its ext_proc cluster on `routers` (router replicas'
+    /// gRPC ports) and its upstream cluster on `pods`.
+    pub(crate) fn start(mode: Mode, routers: &[u16], pods: &[SocketAddr]) -> Envoy {
         let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode.example());
         let text = std::fs::read_to_string(&example).expect("example bootstrap");
         let (port, admin) = (free_port(), free_port());
-        let text = transform(
-            text.replace("port_value: 10000", &format!("port_value: {port}"))
-                .replace("port_value: 9901", &format!("port_value: {admin}"))
-                .replace("port_value: 9002", &format!("port_value: {}", extproc.port())),
-        );
+        let text = super::bootstrap::rewrite(&text, port, admin, routers, pods);
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(&cfg, text).expect("write bootstrap");
@@ -158,7 +156,8 @@ impl Cluster {
         std::fs::write(&file, yaml).expect("write endpoints");
         let router = router(&file, opts.router_args);
         let grpc = grpc_addr(&router);
-        let envoy = Envoy::start(mode, grpc, |t| t);
+        let pods: Vec<SocketAddr> = sims.iter().map(|s| s.addr).collect();
+        let envoy = Envoy::start(mode, &[grpc.port()], &pods);
         Cluster { sims, router, grpc, envoy, endpoints_file: file, _dir: dir }
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod bins;
+pub(crate) mod bootstrap;
 pub(crate) mod cluster;
 pub(crate) mod extproc;
 pub(crate) mod kube_api;
