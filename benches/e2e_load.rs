@@ -11,59 +11,16 @@
 mod bins;
 #[path = "../tests/common/bootstrap.rs"]
 mod bootstrap;
+#[path = "support/procs.rs"]
+mod procs;
 
-use std::io::{BufRead, BufReader};
+use procs::{free_port, start, wait_port};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn start(bin: &str, args: &[&str]) -> (Kill, String) {
-    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("start-up line");
-    (Kill(child), line)
-}
-
-fn envoy_bin() -> String {
-    std::env::var("ENVOY_BIN").unwrap_or_else(|_| {
-        let out = Command::new("bash").arg(".ci/envoy.sh").output().expect("run .ci/envoy.sh");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    })
-}
-
-fn envoy(config: String) -> Kill {
-    let path = std::env::temp_dir().join(format!("e2e-load-{}.yaml", free_port()));
-    std::fs::write(&path, config).expect("write bootstrap");
-    let child = Command::new(envoy_bin())
-        .args([
-            "-c",
-            path.to_str().expect("utf-8"),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "--log-level",
-            "error",
-        ])
-        .spawn()
-        .expect("start envoy");
-    Kill(child)
 }
 
 const DIRECT: &str = r#"
@@ -88,16 +45,6 @@ static_resources:
       cluster_name: sim
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: SIM}}}}]}]
 "#;
-
-async fn wait_port(port: u16) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("port {port} never opened");
-}
 
 /// Open loop at `rate` for `secs`; returns each request's latency.
 async fn fixed_rate(client: &reqwest::Client, url: &str, body: &Arc<String>, rate: u64, secs: u64) -> Vec<Duration> {
@@ -211,11 +158,11 @@ async fn main() {
 
     let (p_direct, p_routed) = (free_port(), free_port());
     let sim_port = sim_addr.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
-    let _direct = envoy(DIRECT.replace("LISTEN", &p_direct.to_string()).replace("SIM", &sim_port));
+    let _direct = procs::envoy(&DIRECT.replace("LISTEN", &p_direct.to_string()).replace("SIM", &sim_port), 1);
     let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
     let sim: std::net::SocketAddr = sim_addr.parse().expect("sim address");
     let routed_cfg = bootstrap::rewrite(&example, p_routed, free_port(), &[grpc_port.parse().expect("port")], &[sim]);
-    let _routed = envoy(routed_cfg);
+    let _routed = procs::envoy(&routed_cfg, 1);
     wait_port(p_direct).await;
     wait_port(p_routed).await;
 

@@ -18,18 +18,19 @@
 mod bins;
 #[path = "../tests/common/bootstrap.rs"]
 mod bootstrap;
+#[path = "support/procs.rs"]
+mod procs;
 
 #[path = "routing/plot.rs"]
 mod plot;
 #[path = "routing/workload.rs"]
 mod workload;
 
+use procs::{free_port, start, Kill};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,38 +38,6 @@ use workload::Job;
 
 const SIM_ARGS: &[&str] = &["--prefill-us-per-token", "100", "--decode-ms-per-token", "4", "--max-num-seqs", "32"];
 const CONCURRENCY: usize = 64;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &str, args: &[&str]) -> (Kill, String) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("start-up line");
-    (Kill(child), line)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn envoy_bin() -> String {
-    std::env::var("ENVOY_BIN").unwrap_or_else(|_| {
-        let out = Command::new("bash").arg(".ci/envoy.sh").output().expect("run .ci/envoy.sh");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    })
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Policy {
@@ -201,27 +170,9 @@ impl Stack {
         let pods: Vec<SocketAddr> = sims.iter().map(|(_, a)| *a).collect();
         let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
         let cfg = bootstrap::rewrite(&example, port, free_port(), &ports, &pods);
-        let cfg_path = dir.join("envoy.yaml");
-        std::fs::write(&cfg_path, cfg).expect("write envoy");
-        let envoy = Command::new(envoy_bin())
-            .args([
-                "-c",
-                cfg_path.to_str().expect("utf-8"),
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-            ])
-            .spawn()
-            .expect("envoy");
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Stack { sims, routers, envoy: Some((Kill(envoy), port)), _dir: dir }
+        let envoy = procs::envoy(&cfg, 1);
+        procs::wait_port(port).await;
+        Stack { sims, routers, envoy: Some((envoy, port)), _dir: dir }
     }
 }
 

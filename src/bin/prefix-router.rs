@@ -1,6 +1,11 @@
 use clap::Parser;
 use prefix_router::{config::Config, server, telemetry};
 
+/// mimalloc returns freed memory to the system within moments; glibc's malloc kept a 6 MB prompt's
+/// tokenization buffers (hundreds of MiB) resident after the spike (BENCHMARKS.md, load and soak).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::init();
