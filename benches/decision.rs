@@ -35,6 +35,7 @@ fn router(pods: usize) -> Router {
         max_inflight_per_pod: 0,
         trust_request_chat_template: false,
         pending_ttl: std::time::Duration::from_secs(3),
+        receipts: 256,
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     Router::new(registry, Arc::new(LocalTokenizer::new(4, None)), cfg, metrics)

@@ -106,6 +106,7 @@ fn main() {
         max_inflight_per_pod: 0,
         trust_request_chat_template: false,
         pending_ttl: Duration::from_secs(3),
+        receipts: 0,
     };
     let router = Router::new(registry, Arc::new(NoTokens), cfg, Arc::new(Metrics::new().expect("metrics")));
     let t = Instant::now();

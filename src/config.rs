@@ -112,6 +112,13 @@ pub struct Config {
     /// Fallback endpoints appended to the destination (comma list; needs Envoy's override_host policy).
     #[arg(long, env = "PREFIX_ROUTER_FALLBACK_ENDPOINTS", default_value_t = 0)]
     pub fallback_endpoints: usize,
+    /// Route receipts kept for `GET /debug/decisions` on the admin port (0 turns receipts off).
+    #[arg(long, env = "PREFIX_ROUTER_RECEIPTS", default_value_t = 256)]
+    pub receipts: usize,
+    /// A request carrying this header with value `1` or `true` gets its route receipt back as a
+    /// response header of the same name (compact JSON, no prompt text). Empty: never.
+    #[arg(long, env = "PREFIX_ROUTER_RECEIPT_HEADER", default_value = "")]
+    pub receipt_header: String,
 
     /// Tokens per KV-cache block (vLLM's --block-size).
     #[arg(long, env = "PREFIX_ROUTER_BLOCK_SIZE", default_value_t = 16)]
@@ -232,6 +239,7 @@ impl Config {
             max_inflight_per_pod: self.max_inflight_per_pod,
             trust_request_chat_template: self.trust_request_chat_template,
             pending_ttl: self.kv_events_pending_ttl,
+            receipts: self.receipts,
         }
     }
 

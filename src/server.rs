@@ -164,6 +164,7 @@ pub async fn run(
         max_body_bytes: cfg.max_body_bytes,
         destination_header: cfg.destination_header.clone(),
         inflight_ttl: cfg.inflight_ttl,
+        receipt_header: Some(cfg.receipt_header.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()),
     });
     // Room for twice the largest body we accept: a body somewhat over the limit still decodes and
     // gets the router's own 413; past this, the decode error is answered 413 as well.
@@ -185,6 +186,7 @@ pub async fn run(
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/debug/endpoints", axum::routing::get(endpoints_handler))
+        .route("/debug/decisions", axum::routing::get(decisions_handler))
         // Accepts what routing accepts (axum's default cap is 2 MB).
         .route(
             "/debug/tokenize",
@@ -314,6 +316,22 @@ async fn endpoints_handler(
         })
         .collect();
     axum::Json(serde_json::json!({ "models": out }))
+}
+
+#[derive(serde::Deserialize)]
+struct DecisionsQuery {
+    limit: Option<usize>,
+}
+
+/// The latest route receipts, newest first (`?limit=N`, default 50): why each request went where it
+/// went, without prompt text.
+async fn decisions_handler(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<DecisionsQuery>,
+) -> axum::Json<serde_json::Value> {
+    let receipts = a.router.receipts(q.limit.unwrap_or(50));
+    let list: Vec<&crate::routing::receipt::Receipt> = receipts.iter().map(|r| &**r).collect();
+    axum::Json(serde_json::json!({ "decisions": list }))
 }
 
 #[derive(serde::Deserialize)]

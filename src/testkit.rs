@@ -73,6 +73,7 @@ pub(crate) fn routing_config() -> RoutingConfig {
         max_inflight_per_pod: 0,
         trust_request_chat_template: false,
         pending_ttl: std::time::Duration::from_secs(3),
+        receipts: 256,
     }
 }
 
@@ -107,6 +108,7 @@ impl Kit {
             max_body_bytes,
             destination_header: "x-gateway-destination-endpoint".into(),
             inflight_ttl: Duration::from_secs(60),
+            receipt_header: Some("x-route-receipt".into()),
         })
     }
 }

@@ -346,3 +346,35 @@ async fn sigterm_reports_not_ready_serves_through_the_drain_and_lets_open_stream
     }
     eprintln!("router exited {:?} after SIGTERM", sent.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_receipt_comes_back_through_envoy_and_sits_in_the_decision_ring() {
+    for mode in Mode::ALL {
+        let opts = Options { router_args: &["--receipt-header", "x-route-receipt"], ..Options::default() };
+        let cluster = Cluster::start(mode, opts);
+        let url = cluster.envoy.url("/v1/chat/completions");
+        let body = json!({"model": "tiny-chat", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "a private question about the quarterly numbers, told in full"}]});
+        let mut receipts = Vec::new();
+        for _ in 0..2 {
+            let res = client().post(&url).header("x-route-receipt", "1").json(&body).send().await.expect("request");
+            assert_eq!(res.status(), 200);
+            let sim = Cluster::sim_index(res.headers()["x-sim-id"].to_str().expect("ascii"));
+            let receipt: Value =
+                serde_json::from_slice(res.headers()["x-route-receipt"].as_bytes()).expect("receipt is JSON");
+            assert_eq!(receipt["chosen"], cluster.sims[sim].addr.to_string(), "{mode:?}: names the pod that served");
+            receipts.push(receipt);
+        }
+        assert_eq!(receipts[0]["outcome"], "miss", "{mode:?}: {}", receipts[0]);
+        assert_eq!(receipts[0]["placement"], "rendezvous", "{mode:?}");
+        assert_eq!(receipts[1]["outcome"], "prefix_hit", "{mode:?}: {}", receipts[1]);
+        let res = client().post(&url).json(&body).send().await.expect("request");
+        assert!(!res.headers().contains_key("x-route-receipt"), "{mode:?}: only for clients that ask");
+        let ring = client().get(cluster.router.url("/debug/decisions")).send().await.expect("ring");
+        let text = ring.text().await.expect("text");
+        assert!(!text.contains("quarterly") && !text.contains("private"), "{mode:?}: no prompt text in the ring");
+        let ring: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(ring["decisions"].as_array().map(Vec::len), Some(3), "{mode:?}: every decision, newest first");
+        assert_eq!(ring["decisions"][1], receipts[1], "{mode:?}: the header and the ring say the same");
+    }
+}

@@ -99,12 +99,19 @@ pub(super) fn streamed_body(body: &[u8], end_of_stream: bool, request: bool) -> 
     body.chunks(MAX_CHUNK).enumerate().map(|(i, c)| chunk(c, i + 1 == n)).collect()
 }
 
-/// Response headers go on, without `remove` (a header only the proxy and the router should see).
-pub(super) fn continue_response_headers(remove: &str) -> ProcessingResponse {
-    let response = CommonResponse {
-        header_mutation: Some(HeaderMutation { remove_headers: vec![remove.to_owned()], ..Default::default() }),
-        ..Default::default()
-    };
+/// Response headers go on, without `remove` (a header only the proxy and the router should see)
+/// and with `add` (the route receipt) when given.
+pub(super) fn continue_response_headers(remove: &str, add: Option<(&str, &str)>) -> ProcessingResponse {
+    let set_headers = add
+        .map(|(k, v)| HeaderValueOption {
+            header: Some(HeaderValue { key: k.to_owned(), raw_value: v.as_bytes().to_vec(), ..Default::default() }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .into_iter()
+        .collect();
+    let mutation = HeaderMutation { set_headers, remove_headers: vec![remove.to_owned()] };
+    let response = CommonResponse { header_mutation: Some(mutation), ..Default::default() };
     ProcessingResponse {
         response: Some(Response::ResponseHeaders(HeadersResponse { response: Some(response) })),
         ..Default::default()

@@ -15,6 +15,9 @@ pub(super) fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResp
         match hv.key.as_str() {
             ":path" => st.path = String::from_utf8_lossy(value).into_owned(),
             "content-length" => content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()),
+            k if st.ctx.receipt_header.as_deref() == Some(k) => {
+                st.receipt_wanted = matches!(value, b"1" | b"true");
+            }
             _ => {}
         }
     }

@@ -37,7 +37,13 @@ pub(super) fn headers(st: &mut StreamState, h: &HttpHeaders, meta: Option<&Metad
             st.ctx.router.served(d, addr);
         }
     }
-    vec![mutations::continue_response_headers(&served_header)]
+    let receipt = match (&st.ctx.receipt_header, &st.decision) {
+        (Some(name), Some(d)) if st.receipt_wanted => {
+            d.receipt.as_ref().and_then(|r| serde_json::to_string(&**r).ok()).map(|json| (name.as_str(), json))
+        }
+        _ => None,
+    };
+    vec![mutations::continue_response_headers(&served_header, receipt.as_ref().map(|(k, v)| (*k, v.as_str())))]
 }
 
 pub(super) fn body(st: &mut StreamState, b: HttpBody) -> Vec<ProcessingResponse> {

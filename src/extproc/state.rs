@@ -27,6 +27,8 @@ pub struct Context {
     pub max_body_bytes: usize,
     pub destination_header: String,
     pub inflight_ttl: Duration,
+    /// Request header (lowercase) asking for the route receipt back; `None`: not offered.
+    pub receipt_header: Option<String>,
 }
 
 /// How Envoy sends the request body on this stream.
@@ -64,6 +66,8 @@ pub(super) struct StreamState {
     pub(super) request_done: bool,
     pub(super) decision: Option<Decision>,
     pub(super) guard_deadline: Option<Instant>,
+    /// The client asked for the route receipt (and the operator allows it).
+    pub(super) receipt_wanted: bool,
 }
 
 impl StreamState {
@@ -119,6 +123,7 @@ impl StreamState {
             request_done: false,
             decision: None,
             guard_deadline: None,
+            receipt_wanted: false,
         }
     }
 }

@@ -409,3 +409,49 @@ async fn a_served_report_naming_another_pod_moves_the_conversation_there_and_the
         assert_eq!(destination(&out[1]).as_deref(), Some(other), "the conversation follows the pod that served it");
     }
 }
+
+fn receipt_header(r: &ProcessingResponse) -> Option<serde_json::Value> {
+    let Some(Response::ResponseHeaders(h)) = &r.response else { return None };
+    let set = h.response.as_ref()?.header_mutation.as_ref()?.set_headers.first()?.header.as_ref()?;
+    (set.key == "x-route-receipt").then(|| serde_json::from_slice(&set.raw_value).expect("receipt JSON"))
+}
+
+#[tokio::test]
+async fn a_client_that_asks_gets_a_receipt_naming_the_pod_and_why_and_nothing_of_the_prompt() {
+    let k = kit(vec![spec("m", 3)], routing_config());
+    let prompt = "the secret system prompt of a tenant, long enough for several blocks";
+    for mode in [BodySendMode::Buffered, BodySendMode::FullDuplexStreamed] {
+        let ask = |wants: bool| {
+            let extra: &[(&str, &str)] = if wants { &[("x-route-receipt", "1")] } else { &[] };
+            vec![
+                headers("/v1/completions", false, mode, extra),
+                body(&completion(prompt), true),
+                response_headers("200", true),
+            ]
+        };
+        let out = exchange(&k, BodyMode::Auto, ask(true)).await;
+        let pod = out.iter().find_map(destination).expect("routed");
+        let receipt = out.iter().find_map(receipt_header).expect("a receipt");
+        let text = receipt.to_string();
+        assert!(!text.contains("secret") && !text.contains("tenant"), "{mode:?}: no prompt text: {text}");
+        assert!(text.len() < 1024, "{mode:?}: bounded: {} bytes", text.len());
+        assert_eq!(receipt["chosen"], pod.as_str(), "{mode:?}");
+        assert_eq!(receipt["model"], "m");
+        let cands = receipt["candidates"].as_array().expect("candidates");
+        assert_eq!(cands.len(), 3, "{mode:?}: every pod of three is listed");
+        let chosen = cands.iter().find(|c| c["pod"] == pod.as_str()).expect("the chosen pod is listed");
+        let blocks = receipt["prompt_blocks"].as_u64().expect("prompt blocks");
+        assert!(blocks > 0);
+        if mode == BodySendMode::FullDuplexStreamed {
+            // Second time round the pod holds the prompt: the receipt says so, with the cost terms.
+            assert_eq!(receipt["outcome"], "prefix_hit", "{receipt}");
+            assert_eq!(chosen["matched_blocks"].as_u64(), Some(blocks));
+            assert_eq!(chosen["prefix_cost"].as_f64(), Some(0.0));
+            assert_eq!(chosen["trust"], "history");
+        }
+        let out = exchange(&k, BodyMode::Auto, ask(false)).await;
+        assert!(out.iter().all(|r| receipt_header(r).is_none()), "{mode:?}: only for clients that ask");
+    }
+    let ring = k.router.receipts(10);
+    assert_eq!(ring.len(), 4, "every decision is in the ring, newest first");
+}

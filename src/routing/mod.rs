@@ -41,6 +41,8 @@ pub struct Decision {
     pub guard: InflightGuard,
     /// The prompt's block hashes as recorded at the primary (moved if another pod serves it).
     hashes: Vec<u64>,
+    /// Why this pod (absent when receipts are off).
+    pub receipt: Option<Arc<Receipt>>,
 }
 
 impl Decision {
@@ -74,6 +76,8 @@ pub struct RoutingConfig {
     pub trust_request_chat_template: bool,
     /// How long a decision counts as "sent, not yet reported" for pods with trusted events.
     pub pending_ttl: std::time::Duration,
+    /// Route receipts kept for `/debug/decisions` (0: no receipts at all).
+    pub receipts: usize,
 }
 
 /// Per-model routing state: its prefix index and its policy object.
@@ -92,6 +96,7 @@ pub struct Router {
     /// Policy for requests that name no model.
     anywhere: Box<dyn Policy>,
     metrics: Arc<Metrics>,
+    receipts: Ring,
 }
 
 impl Router {
@@ -102,7 +107,8 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         let anywhere = make_policy(&cfg);
-        Self { registry, tokenizer, cfg, models: Arc::default(), anywhere, metrics }
+        let receipts = Ring::new(cfg.receipts);
+        Self { registry, tokenizer, cfg, models: Arc::default(), anywhere, metrics, receipts }
     }
 
     /// Routes a parsed request within its model.
@@ -119,7 +125,7 @@ impl Router {
         self.admit(req)?;
         let state = self.model_state(&req.model);
 
-        let mut matchable = 0;
+        let (mut matchable, mut space) = (0, "none");
         let hashes = if matches!(req.kind, Kind::Other) {
             Vec::new()
         } else {
@@ -134,7 +140,8 @@ impl Router {
             self.metrics.observe_phase("tokenize", t.elapsed());
             let t = Instant::now();
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
-                self.metrics.tokenized.with_label_values(&[tokens.space.label()]).inc();
+                space = tokens.space.label();
+                self.metrics.tokenized.with_label_values(&[space]).inc();
                 let seed = HashSeed::new(&req.model, req.cache_salt.as_deref(), tokens.space.id());
                 matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
@@ -181,7 +188,8 @@ impl Router {
         // (load, then the smaller footprint) serves time to first token better.
         let all_exact = candidates.iter().all(|e| e.trust() == Trust::Exact);
         let placement = if all_exact { None } else { hashes.first().copied() };
-        let pick = state.policy.pick(&facts, &RequestFacts { prompt_blocks: lookup.len(), placement });
+        let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
+        let pick = state.policy.pick(&facts, &request_facts);
         self.metrics.observe_phase("pick", t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
@@ -210,9 +218,36 @@ impl Router {
         }
         self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
         self.metrics.observe_phase("total", started.elapsed());
+        let receipt = self.receipts.enabled().then(|| {
+            let mut listed: Vec<usize> = order.iter().copied().take(receipt::LISTED).collect();
+            if !listed.contains(&chosen) {
+                listed.push(chosen);
+            }
+            let rendezvous = placement.is_some() && facts.iter().all(|f| f.matched_blocks == 0) && !lookup.is_empty();
+            let r = Arc::new(Receipt {
+                at_ms: receipt::now_ms(),
+                model: req.model.clone(),
+                outcome: outcome.label(),
+                tokens: space,
+                prompt_blocks: lookup.len(),
+                placement: if rendezvous { "rendezvous" } else { "cost" },
+                chosen: candidates[chosen].addr,
+                candidates: listed
+                    .iter()
+                    .map(|&i| {
+                        let (e, f) = (candidates[i], &facts[i]);
+                        let terms = state.policy.terms(&facts, &request_facts, i);
+                        CandidateReceipt::new(e.addr, f.matched_blocks, f.inflight, e.trust().label(), terms)
+                    })
+                    .collect(),
+                decision_us: started.elapsed().as_micros() as u64,
+            });
+            self.receipts.push(Arc::clone(&r));
+            r
+        });
         let endpoints: Vec<Arc<Endpoint>> =
             order[at..].iter().take(1 + self.cfg.fallbacks).map(|&i| Arc::clone(candidates[i])).collect();
-        Ok(Decision { endpoints, outcome, guard, hashes })
+        Ok(Decision { endpoints, outcome, guard, hashes, receipt })
     }
 
     /// The proxy reports which pod served a decided request. When it is not the primary, Envoy
@@ -282,6 +317,11 @@ impl Router {
             .map_or(0, |m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_blocks(pod))
     }
 
+    /// The latest route receipts, newest first.
+    pub fn receipts(&self, n: usize) -> Vec<Arc<Receipt>> {
+        self.receipts.recent(n)
+    }
+
     /// Models discovery knows now.
     pub fn model_count(&self) -> usize {
         self.registry.snapshot().models.len()
@@ -312,7 +352,7 @@ impl Router {
     fn decision<'a>(&self, ordered: impl Iterator<Item = &'a Arc<Endpoint>>, outcome: Outcome) -> Decision {
         let endpoints: Vec<Arc<Endpoint>> = ordered.take(1 + self.cfg.fallbacks).cloned().collect();
         let guard = InflightGuard::new(Arc::clone(&endpoints[0]));
-        Decision { endpoints, outcome, guard, hashes: Vec::new() }
+        Decision { endpoints, outcome, guard, hashes: Vec::new(), receipt: None }
     }
 
     fn model_state(&self, model: &str) -> Arc<ModelState> {
@@ -388,8 +428,10 @@ fn make_policy(cfg: &RoutingConfig) -> Box<dyn Policy> {
 }
 
 mod indexes;
+pub mod receipt;
 #[cfg(test)]
 mod tests;
 
 pub use indexes::Applied;
 use indexes::Indexes;
+use receipt::{CandidateReceipt, Receipt, Ring};

@@ -67,6 +67,23 @@ pub enum Pick {
 
 pub trait Policy: Send + Sync {
     fn pick(&self, candidates: &[Candidate], facts: &RequestFacts) -> Pick;
+
+    /// Why a candidate ranked where it did, in the policy's own terms (for route receipts); `None`
+    /// for policies that do not score.
+    fn terms(&self, _candidates: &[Candidate], _facts: &RequestFacts, _i: usize) -> Option<Terms> {
+        None
+    }
+}
+
+/// One candidate's score under [`PrefixAware`]: lower cost wins among pods the guard admits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Terms {
+    /// prefix_weight × prompt blocks the pod does not hold.
+    pub prefix_cost: f64,
+    /// load_weight × requests in flight on the pod.
+    pub load_cost: f64,
+    /// Passed over by the balance guard (far busier than the least loaded pod).
+    pub guarded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,18 +110,32 @@ pub const BOUNDED_LOAD_FLOOR: u64 = 3;
 #[derive(Debug)]
 pub struct PrefixAware(pub PrefixParams);
 
+impl PrefixAware {
+    fn score(&self, x: &Candidate, facts: &RequestFacts, min_load: u64) -> Terms {
+        let p = &self.0;
+        let uncached = facts.prompt_blocks.saturating_sub(x.matched_blocks);
+        Terms {
+            prefix_cost: p.prefix_weight * uncached as f64,
+            load_cost: p.load_weight * x.inflight as f64,
+            guarded: x.inflight > min_load + p.balance_abs && (x.inflight as f64) > p.balance_rel * min_load as f64,
+        }
+    }
+}
+
 impl Policy for PrefixAware {
+    fn terms(&self, c: &[Candidate], facts: &RequestFacts, i: usize) -> Option<Terms> {
+        let min_load = c.iter().map(|x| x.inflight).min()?;
+        Some(self.score(c.get(i)?, facts, min_load))
+    }
+
     fn pick(&self, c: &[Candidate], facts: &RequestFacts) -> Pick {
         let Some(min_load) = c.iter().map(|x| x.inflight).min() else {
             return Pick::NoCandidates;
         };
-        let p = &self.0;
-        let guarded = |x: &Candidate| {
-            x.inflight > min_load + p.balance_abs && (x.inflight as f64) > p.balance_rel * min_load as f64
-        };
+        let guarded = |x: &Candidate| self.score(x, facts, min_load).guarded;
         let cost = |x: &Candidate| {
-            let uncached = facts.prompt_blocks.saturating_sub(x.matched_blocks);
-            p.prefix_weight * uncached as f64 + p.load_weight * x.inflight as f64
+            let s = self.score(x, facts, min_load);
+            s.prefix_cost + s.load_cost
         };
         let best_match = c.iter().map(|x| x.matched_blocks).max().unwrap_or(0);
         let order = match facts.placement {
