@@ -69,9 +69,19 @@ pub struct Config {
     /// ext_proc gRPC port (gRPC health is served here too).
     #[arg(long, env = "PREFIX_ROUTER_GRPC_PORT", default_value_t = 9002)]
     pub grpc_port: u16,
-    /// gRPC health port.
+    /// gRPC health port (plaintext always: kubelet's gRPC probes speak no TLS).
     #[arg(long, env = "PREFIX_ROUTER_GRPC_HEALTH_PORT", default_value_t = 9003)]
     pub grpc_health_port: u16,
+    /// Serve the ext_proc port over TLS: with the certificate and key below, or a self-signed pair
+    /// made at start when none is given (what Envoy Gateway's InferencePool wiring needs).
+    #[arg(long, env = "PREFIX_ROUTER_GRPC_TLS", default_value_t = false, default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
+    pub grpc_tls: bool,
+    /// PEM certificate (chain) for the ext_proc port; implies --grpc-tls.
+    #[arg(long, env = "PREFIX_ROUTER_GRPC_TLS_CERT_FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the ext_proc port.
+    #[arg(long, env = "PREFIX_ROUTER_GRPC_TLS_KEY_FILE")]
+    pub grpc_tls_key_file: Option<PathBuf>,
     /// HTTP port for /metrics, /healthz, /readyz and /debug/endpoints.
     #[arg(long, env = "PREFIX_ROUTER_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
@@ -243,6 +253,15 @@ impl Config {
         }
     }
 
+    /// How the ext_proc port is secured.
+    pub fn tls(&self) -> crate::tls::TlsSource {
+        match (&self.grpc_tls_cert_file, &self.grpc_tls_key_file) {
+            (Some(cert), Some(key)) => crate::tls::TlsSource::Files { cert: cert.clone(), key: key.clone() },
+            _ if self.grpc_tls => crate::tls::TlsSource::SelfSigned,
+            _ => crate::tls::TlsSource::Off,
+        }
+    }
+
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 8] = [
@@ -287,6 +306,11 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if self.grpc_tls_cert_file.is_some() != self.grpc_tls_key_file.is_some() {
+            return Err("--grpc-tls-cert-file and --grpc-tls-key-file (PREFIX_ROUTER_GRPC_TLS_CERT_FILE/_KEY_FILE) \
+                        go together"
+                .into());
         }
         if self.all_namespaces && self.namespace.is_some() {
             return Err("--namespace and --all-namespaces contradict each other".into());

@@ -12,6 +12,7 @@ pub mod openai;
 pub mod routing;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod tokenizer;
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub enum StartError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -172,7 +174,11 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = crate::tls::server_config(&cfg.tls())? {
+        grpc_builder = grpc_builder.tls_config(tls)?;
+    }
+    let grpc_server = grpc_builder
         .add_service(health_service)
         .add_service(
             ExternalProcessorServer::new(extproc).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),

@@ -62,10 +62,15 @@ impl Envoy {
     /// Envoy from the mode's example bootstrap, its ext_proc cluster on `routers` (router replicas'
     /// gRPC ports) and its upstream cluster on `pods`.
     pub(crate) fn start(mode: Mode, routers: &[u16], pods: &[SocketAddr]) -> Envoy {
+        Self::start_edited(mode, routers, pods, |t| t)
+    }
+
+    /// As [`Envoy::start`], with the bootstrap passed through `edit` last.
+    pub(crate) fn start_edited(mode: Mode, routers: &[u16], pods: &[SocketAddr], edit: fn(String) -> String) -> Envoy {
         let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode.example());
         let text = std::fs::read_to_string(&example).expect("example bootstrap");
         let (port, admin) = (free_port(), free_port());
-        let text = super::bootstrap::rewrite(&text, port, admin, routers, pods);
+        let text = edit(super::bootstrap::rewrite(&text, port, admin, routers, pods));
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(&cfg, text).expect("write bootstrap");
@@ -122,11 +127,13 @@ pub(crate) struct Options<'a> {
     /// Extra models written to the endpoints file as YAML list items.
     pub extra_models: &'a str,
     pub local_tokenizer: bool,
+    /// Applied to Envoy's bootstrap after its ports and clusters are set.
+    pub envoy_edit: fn(String) -> String,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { sims: 3, sim_args: &[], router_args: &[], extra_models: "", local_tokenizer: true }
+        Options { sims: 3, sim_args: &[], router_args: &[], extra_models: "", local_tokenizer: true, envoy_edit: |t| t }
     }
 }
 
@@ -157,7 +164,7 @@ impl Cluster {
         let router = router(&file, opts.router_args);
         let grpc = grpc_addr(&router);
         let pods: Vec<SocketAddr> = sims.iter().map(|s| s.addr).collect();
-        let envoy = Envoy::start(mode, &[grpc.port()], &pods);
+        let envoy = Envoy::start_edited(mode, &[grpc.port()], &pods, opts.envoy_edit);
         Cluster { sims, router, grpc, envoy, endpoints_file: file, _dir: dir }
     }
 
