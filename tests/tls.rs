@@ -1,6 +1,7 @@
 //! TLS on the ext_proc port: a real Envoy with a TLS transport socket (as Envoy Gateway's
 //! InferencePool wiring opens to its picker) routes through a router serving a self-signed
 //! certificate; a mounted certificate is the one served; plaintext stays what it was.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
