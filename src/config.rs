@@ -95,6 +95,14 @@ pub struct Config {
     /// Namespace to watch (default: the service account's, or the kubeconfig context's).
     #[arg(long, env = "PREFIX_ROUTER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Discover pods through this Gateway API InferencePool (`inference.networking.k8s.io/v1`):
+    /// its selector picks the pods, each of its target ports is an endpoint, and its one model
+    /// serves every request. A Kubernetes discovery source of its own.
+    #[arg(long, env = "PREFIX_ROUTER_INFERENCE_POOL")]
+    pub inference_pool: Option<String>,
+    /// The InferencePool's namespace (default: the service account's, or the kubeconfig context's).
+    #[arg(long, env = "PREFIX_ROUTER_INFERENCE_POOL_NAMESPACE")]
+    pub inference_pool_namespace: Option<String>,
     /// Watch pods in every namespace (needs a ClusterRole).
     #[arg(long, env = "PREFIX_ROUTER_ALL_NAMESPACES", default_value = "false", default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
     pub all_namespaces: bool,
@@ -290,22 +298,19 @@ impl Config {
                 "--destination-header (PREFIX_ROUTER_DESTINATION_HEADER) must be a lower-case HTTP header name",
             ),
         ];
-        match (&self.endpoints_file, self.kubernetes) {
-            (Some(_), true) => {
+        let sources = [self.endpoints_file.is_some(), self.kubernetes, self.inference_pool.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 => {
+                return Err("no discovery source: give --endpoints-file (PREFIX_ROUTER_ENDPOINTS_FILE), --kubernetes \
+                            (PREFIX_ROUTER_KUBERNETES=true) or --inference-pool (PREFIX_ROUTER_INFERENCE_POOL)"
+                    .into())
+            }
+            1 => {}
+            _ => {
                 return Err(
-                    "--endpoints-file (PREFIX_ROUTER_ENDPOINTS_FILE) and --kubernetes (PREFIX_ROUTER_KUBERNETES) \
-                            are two discovery sources: choose one"
-                        .into(),
+                    "--endpoints-file, --kubernetes and --inference-pool are discovery sources: choose one".into()
                 )
             }
-            (None, false) => {
-                return Err(
-                    "no discovery source: give --endpoints-file (PREFIX_ROUTER_ENDPOINTS_FILE) or --kubernetes \
-                            (PREFIX_ROUTER_KUBERNETES=true)"
-                        .into(),
-                )
-            }
-            _ => {}
         }
         if self.grpc_tls_cert_file.is_some() != self.grpc_tls_key_file.is_some() {
             return Err("--grpc-tls-cert-file and --grpc-tls-key-file (PREFIX_ROUTER_GRPC_TLS_CERT_FILE/_KEY_FILE) \

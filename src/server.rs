@@ -2,6 +2,7 @@
 //! health, admin HTTP). Every background task is owned here and stops on shutdown.
 
 use crate::config::Config;
+use crate::discovery::inference_pool::PoolSource;
 use crate::discovery::kubernetes::KubeSource;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{DiscoveryError, Registry};
@@ -65,14 +66,15 @@ pub async fn run(
 ) -> Result<(), StartError> {
     cfg.validate().map_err(StartError::Config)?;
     let metrics = Arc::new(Metrics::new()?);
-    let registry = Arc::new(Registry::new());
-    let source = match &cfg.endpoints_file {
-        Some(path) => {
+    let registry = Arc::new(Registry::with_catch_all(cfg.inference_pool.clone()));
+    let source = match (&cfg.endpoints_file, &cfg.inference_pool) {
+        (Some(path), _) => {
             let mut file = StaticFile::new(path.clone());
             file.load_into(&registry)?;
             Source::File(file)
         }
-        None => Source::Kube(Box::new(kube_source(&cfg).await?)),
+        (None, Some(pool)) => Source::Pool(Box::new(pool_source(&cfg, pool).await?)),
+        (None, None) => Source::Kube(Box::new(kube_source(&cfg).await?)),
     };
 
     let pool = if cfg.enable_vllm_remote_tokenizer {
@@ -134,6 +136,7 @@ pub async fn run(
     match source {
         Source::File(file) => tasks.spawn(file.watch(Arc::clone(&registry), cfg.endpoints_poll, stop_rx.clone())),
         Source::Kube(kube) => tasks.spawn(kube.watch(Arc::clone(&registry), stop_rx.clone())),
+        Source::Pool(pool) => tasks.spawn(pool.watch(Arc::clone(&registry), stop_rx.clone())),
     };
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
     if cfg.kv_events {
@@ -235,6 +238,21 @@ pub async fn run(
 enum Source {
     File(StaticFile),
     Kube(Box<KubeSource>),
+    Pool(Box<PoolSource>),
+}
+
+/// The InferencePool and its pods, in the pool's namespace.
+async fn pool_source(cfg: &Config, name: &str) -> Result<PoolSource, StartError> {
+    let client = kube::Client::try_default().await.map_err(|e| StartError::Kube(e.to_string()))?;
+    let ns = cfg.inference_pool_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+    tracing::info!(namespace = %ns, pool = %name, "watching the InferencePool");
+    let ar = crate::discovery::inference_pool::api_resource();
+    Ok(PoolSource {
+        pools: kube::Api::namespaced_with(client.clone(), &ns, &ar),
+        pods: kube::Api::namespaced(client, &ns),
+        name: name.to_owned(),
+        tokenizers_dir: cfg.tokenizers_dir.clone(),
+    })
 }
 
 /// In-cluster config inside a pod, kubeconfig outside; the namespace from the flag, else the
@@ -249,7 +267,12 @@ async fn kube_source(cfg: &Config) -> Result<KubeSource, StartError> {
         kube::Api::namespaced(client, &ns)
     };
     let tokenizers = crate::discovery::kubernetes::Tokenizers::new(cfg.tokenizers_dir.clone());
-    Ok(KubeSource { api, selector: cfg.pod_selector.clone(), tokenizers })
+    Ok(KubeSource {
+        api,
+        selector: cfg.pod_selector.clone(),
+        tokenizers,
+        mapping: crate::discovery::kubernetes::Mapping::Labels,
+    })
 }
 
 /// Accepted sockets with Nagle off: small gRPC frames otherwise wait on the peer's delayed ACK

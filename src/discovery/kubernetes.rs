@@ -22,11 +22,21 @@ pub const ENGINE_KEY: &str = "model.aibrix.ai/engine";
 pub const TOKENIZER_KEY: &str = "model.aibrix.ai/tokenizer";
 const DEFAULT_PORT: u16 = 8000;
 
-/// What one pod contributes: its model, and an endpoint if it is routable.
+/// How pods map to models and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapping {
+    /// The `model.aibrix.ai/*` labels: the model label names the model, one port per pod.
+    Labels,
+    /// An InferencePool's pods: one model named after the pool, an endpoint per target port (how
+    /// data-parallel ranks are exposed), vLLM unless the engine label says otherwise.
+    Pool { model: String, ports: Vec<u16> },
+}
+
+/// What one pod contributes: its model, and its endpoints if it is routable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodView {
     pub model: String,
-    pub endpoint: Option<EndpointSpec>,
+    pub endpoints: Vec<EndpointSpec>,
     /// The tokenizer directory the pod names, if any.
     pub tokenizer: Option<String>,
 }
@@ -42,25 +52,35 @@ fn label_or_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 }
 
 /// `None` for a pod that names no model (or has no UID).
-pub fn view(pod: &Pod) -> Option<PodView> {
-    let model = label_or_annotation(pod, MODEL_KEY)?.to_owned();
+pub fn view(pod: &Pod, mapping: &Mapping) -> Option<PodView> {
     let uid = pod.metadata.uid.as_deref()?;
-    let port = label_or_annotation(pod, PORT_KEY).and_then(|p| p.parse::<u16>().ok()).unwrap_or(DEFAULT_PORT);
-    let engine = label_or_annotation(pod, ENGINE_KEY).map_or(Engine::Other, Engine::parse);
+    let engine = label_or_annotation(pod, ENGINE_KEY);
+    let (model, ports, engine) = match mapping {
+        Mapping::Labels => {
+            let port = label_or_annotation(pod, PORT_KEY).and_then(|p| p.parse::<u16>().ok()).unwrap_or(DEFAULT_PORT);
+            (label_or_annotation(pod, MODEL_KEY)?.to_owned(), vec![port], engine.map_or(Engine::Other, Engine::parse))
+        }
+        Mapping::Pool { model, ports } => (model.clone(), ports.clone(), engine.map_or(Engine::Vllm, Engine::parse)),
+    };
     let status = pod.status.as_ref();
     let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let terminating = pod.metadata.deletion_timestamp.is_some();
-    let endpoint = match ip {
-        Some(ip) if ready && !terminating => {
-            Some(EndpointSpec { key: uid.to_owned(), addr: SocketAddr::new(ip, port), engine })
-        }
-        _ => None,
+    let endpoints = match ip {
+        Some(ip) if ready && !terminating => ports
+            .iter()
+            .map(|&port| {
+                // One port: the pod's UID, as before; several: one identity per rank.
+                let key = if ports.len() == 1 { uid.to_owned() } else { format!("{uid}:{port}") };
+                EndpointSpec { key, addr: SocketAddr::new(ip, port), engine }
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     let tokenizer = label_or_annotation(pod, TOKENIZER_KEY).map(str::to_owned);
-    Some(PodView { model, endpoint, tokenizer })
+    Some(PodView { model, endpoints, tokenizer })
 }
 
 /// The desired state from pods by UID: every model seen, with its routable endpoints and the
@@ -72,9 +92,7 @@ pub fn specs(
     let mut models: BTreeMap<&str, (Vec<EndpointSpec>, Option<&str>)> = BTreeMap::new();
     for v in pods.values() {
         let (eps, dir) = models.entry(v.model.as_str()).or_default();
-        if let Some(e) = &v.endpoint {
-            eps.push(e.clone());
-        }
+        eps.extend(v.endpoints.iter().cloned());
         if dir.is_none() {
             *dir = v.tokenizer.as_deref();
         }
@@ -131,6 +149,7 @@ pub struct KubeSource {
     pub api: kube::Api<Pod>,
     pub selector: String,
     pub tokenizers: Tokenizers,
+    pub mapping: Mapping,
 }
 
 impl KubeSource {
@@ -155,7 +174,7 @@ impl KubeSource {
                     Ok(Event::Init) => listing = Some(HashMap::new()),
                     Ok(Event::InitApply(pod)) => {
                         if let (Some(list), Some(uid), Some(v)) =
-                            (listing.as_mut(), pod.metadata.uid.clone(), view(&pod))
+                            (listing.as_mut(), pod.metadata.uid.clone(), view(&pod, &self.mapping))
                         {
                             list.insert(uid, v);
                         }
@@ -168,7 +187,7 @@ impl KubeSource {
                     }
                     Ok(Event::Apply(pod)) => {
                         let Some(uid) = pod.metadata.uid.clone() else { continue };
-                        match view(&pod) {
+                        match view(&pod, &self.mapping) {
                             Some(v) => changed |= pods.insert(uid, v.clone()).as_ref() != Some(&v),
                             None => changed |= pods.remove(&uid).is_some(),
                         }
@@ -201,7 +220,7 @@ impl KubeSource {
 /// Retry delays after watch errors: 250 ms doubling to 3 s, so a returning API server is seen
 /// within seconds (kube's default climbs to 30 s).
 #[derive(Debug, Default)]
-struct Reconnect(u32);
+pub(super) struct Reconnect(u32);
 
 impl Iterator for Reconnect {
     type Item = std::time::Duration;
@@ -233,10 +252,21 @@ mod tests {
                          "annotations": {PORT_KEY: "8080"}},
             "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]}
         });
-        let v = view(&pod(base.clone())).expect("a model pod");
+        let v = view(&pod(base.clone()), &Mapping::Labels).expect("a model pod");
+        let eps: Vec<_> = v.endpoints.iter().map(|e| (e.addr.to_string(), e.engine, e.key.as_str())).collect();
+        assert_eq!(eps, vec![("10.0.0.7:8080".to_owned(), Engine::Vllm, "u1")]);
+        // An InferencePool's pod: the pool's model, an endpoint per target port, the labels' port ignored.
+        let pool = Mapping::Pool { model: "pool".into(), ports: vec![8000, 8001, 8002] };
+        let v = view(&pod(base.clone()), &pool).expect("a pool pod");
+        let eps: Vec<_> = v.endpoints.iter().map(|e| (e.addr.to_string(), e.key.clone())).collect();
+        assert_eq!(v.model, "pool");
         assert_eq!(
-            v.endpoint.as_ref().map(|e| (e.addr.to_string(), e.engine)),
-            Some(("10.0.0.7:8080".into(), Engine::Vllm))
+            eps,
+            vec![
+                ("10.0.0.7:8000".to_owned(), "u1:8000".to_owned()),
+                ("10.0.0.7:8001".to_owned(), "u1:8001".to_owned()),
+                ("10.0.0.7:8002".to_owned(), "u1:8002".to_owned())
+            ]
         );
 
         let mut unready = base.clone();
@@ -246,12 +276,12 @@ mod tests {
         let mut no_ip = base.clone();
         no_ip["status"]["podIP"] = serde_json::Value::Null;
         for p in [unready, terminating, no_ip] {
-            let v = view(&pod(p)).expect("still a model pod");
-            assert_eq!((v.model.as_str(), v.endpoint), ("m", None));
+            let v = view(&pod(p), &Mapping::Labels).expect("still a model pod");
+            assert_eq!((v.model.as_str(), v.endpoints), ("m", Vec::new()));
         }
         let mut other = base;
         other["metadata"]["labels"] = serde_json::json!({"app": "x"});
         other["metadata"]["annotations"] = serde_json::json!({});
-        assert!(view(&pod(other)).is_none());
+        assert!(view(&pod(other), &Mapping::Labels).is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! counter and index id) across publications and hands readers an immutable snapshot.
 
 pub mod health;
+pub mod inference_pool;
 pub mod kubernetes;
 pub mod static_file;
 
@@ -144,9 +145,17 @@ pub struct Model {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub models: HashMap<String, Arc<Model>>,
+    /// The model that serves requests naming any other (an InferencePool's pods serve whatever the
+    /// request names: its base model and adapters).
+    pub catch_all: Option<String>,
 }
 
 impl Snapshot {
+    /// The model that serves a request naming `name`.
+    pub fn resolve(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name).or_else(|| self.models.get(self.catch_all.as_deref()?))
+    }
+
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.models.values().flat_map(|m| m.endpoints.iter())
     }
@@ -174,6 +183,7 @@ pub enum DiscoveryError {
 }
 
 pub struct Registry {
+    catch_all: Option<String>,
     current: ArcSwap<Snapshot>,
     known: Mutex<HashMap<String, Arc<Endpoint>>>,
     next_id: AtomicU32,
@@ -189,8 +199,14 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Self {
+        Self::with_catch_all(None)
+    }
+
+    /// A registry whose `catch_all` model serves requests for models it does not know.
+    pub fn with_catch_all(catch_all: Option<String>) -> Self {
         let empty = Arc::new(Snapshot::default());
         Self {
+            catch_all,
             current: ArcSwap::new(Arc::clone(&empty)),
             known: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -257,7 +273,7 @@ impl Registry {
             models.insert(spec.name.clone(), Arc::new(Model { name: spec.name, endpoints, tokenizer: spec.tokenizer }));
         }
         *known = next_known;
-        let snapshot = Arc::new(Snapshot { models });
+        let snapshot = Arc::new(Snapshot { models, catch_all: self.catch_all.clone() });
         self.current.store(Arc::clone(&snapshot));
         drop(known);
         self.changes.send_replace(snapshot);

@@ -47,9 +47,12 @@ impl Reject {
             }
             Reject::Parse(ParseError::Invalid(_)) => (400, "invalid_request_error", "invalid_request"),
             Reject::Route(RouteError::UnknownModel(_)) => (404, "invalid_request_error", "model_not_found"),
-            Reject::Route(RouteError::NoReadyEndpoint(_) | RouteError::NoEndpoints | RouteError::NotSynced) => {
-                (503, "service_unavailable", "no_ready_endpoint")
-            }
+            Reject::Route(
+                RouteError::NoReadyEndpoint(_)
+                | RouteError::NoEndpoints
+                | RouteError::NotSynced
+                | RouteError::NoEligibleEndpoint(_),
+            ) => (503, "service_unavailable", "no_ready_endpoint"),
             Reject::Route(RouteError::Overloaded(_)) => (429, "rate_limit_exceeded", "overloaded"),
             Reject::Route(RouteError::UntrustedChatTemplate) => {
                 (400, "invalid_request_error", "untrusted_chat_template")
@@ -104,6 +107,7 @@ mod tests {
             (Reject::BodyTooLarge { limit: 10 }, 413),
             (RouteError::Overloaded("m".into()).into(), 429),
             (RouteError::NoReadyEndpoint("m".into()).into(), 503),
+            (RouteError::NoEligibleEndpoint("m".into()).into(), 503),
             (Reject::UnsupportedMode(1), 500),
             (Reject::BodyNotSent, 500),
             (Reject::Unreadable("x".into()), 400),

@@ -56,9 +56,9 @@ async fn finish(st: &mut StreamState, body_ended: bool) -> Vec<ProcessingRespons
     let parsed = openai::parse(endpoint, &st.body);
     st.ctx.metrics.observe_phase("parse", started.elapsed());
     let routed = match (endpoint, parsed) {
-        (_, Ok(req)) => st.ctx.router.route(&req).await.map_err(Reject::from),
+        (_, Ok(req)) => st.ctx.router.route_within(&req, st.subset.as_deref()).await.map_err(Reject::from),
         // Other paths without a usable model still go somewhere on load.
-        (Endpoint::Other, Err(_)) => st.ctx.router.route_anywhere().map_err(Reject::from),
+        (Endpoint::Other, Err(_)) => st.ctx.router.route_anywhere(st.subset.as_deref()).map_err(Reject::from),
         (_, Err(e)) => Err(Reject::from(e)),
     };
     let decision = match routed {

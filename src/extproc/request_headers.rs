@@ -36,7 +36,7 @@ pub(super) fn handle(st: &mut StreamState, h: HttpHeaders) -> Vec<ProcessingResp
     }
     if h.end_of_stream || st.mode == Mode::NoBody {
         st.request_done = true;
-        return match st.ctx.router.route_anywhere() {
+        return match st.ctx.router.route_anywhere(st.subset.as_deref()) {
             Ok(d) => {
                 let value = d.destination();
                 st.hold(d);

@@ -68,6 +68,8 @@ pub(super) struct StreamState {
     pub(super) guard_deadline: Option<Instant>,
     /// The client asked for the route receipt (and the operator allows it).
     pub(super) receipt_wanted: bool,
+    /// The proxy's subset hint (GIE): only these pods may be chosen.
+    pub(super) subset: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl StreamState {
@@ -124,6 +126,7 @@ impl StreamState {
             decision: None,
             guard_deadline: None,
             receipt_wanted: false,
+            subset: None,
         }
     }
 }
@@ -133,4 +136,23 @@ pub(super) fn reject(st: &StreamState, r: Reject) -> Vec<ProcessingResponse> {
     st.ctx.metrics.rejections.with_label_values(&[&r.status().to_string()]).inc();
     tracing::debug!(status = r.status(), reason = %r, "request answered by the router");
     vec![r.to_response()]
+}
+
+/// `metadata_context.filter_metadata["envoy.lb.subset_hint"]["x-gateway-destination-endpoint-subset"]`:
+/// the `ip:port`s the proxy allows (DESIGN §8). Present but empty (or unreadable) means none.
+pub(super) fn subset_of(req: &ProcessingRequest) -> Option<Vec<std::net::SocketAddr>> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let hint = req.metadata_context.as_ref()?.filter_metadata.get("envoy.lb.subset_hint")?;
+    let list = match hint.fields.get(&format!("{}-subset", super::mutations::METADATA_KEY))?.kind.as_ref()? {
+        Kind::ListValue(l) => l.values.iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    Some(
+        list.into_iter()
+            .filter_map(|v| match v.kind.as_ref()? {
+                Kind::StringValue(s) => s.trim().parse().ok(),
+                _ => None,
+            })
+            .collect(),
+    )
 }

@@ -3,7 +3,7 @@
 //! client gone, Envoy reset) or the safety TTL passes.
 
 use super::errors::Reject;
-use super::state::{modes_of, reject as reject_now, Context, StreamState};
+use super::state::{modes_of, reject as reject_now, subset_of, Context, StreamState};
 use super::{mutations, request_body, request_headers, response};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request, ProcessingRequest, ProcessingResponse,
@@ -56,6 +56,7 @@ where
         if first {
             let modes = modes_of(&st.ctx, &msg);
             (st.mode, st.partial, st.response_streamed) = (modes.request, modes.partial, modes.response_streamed);
+            st.subset = subset_of(&msg);
             st.ctx.metrics.streams.with_label_values(&[st.mode.label()]).inc();
             first = false;
         }

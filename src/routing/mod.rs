@@ -24,6 +24,8 @@ pub enum RouteError {
     NoEndpoints,
     #[error("The router has not finished discovering endpoints yet; retry shortly.")]
     NotSynced,
+    #[error("None of the model `{0}`'s ready endpoints is in the subset the proxy allowed.")]
+    NoEligibleEndpoint(String),
     #[error("Every endpoint of the model `{0}` is at its in-flight limit; retry later.")]
     Overloaded(String),
     #[error("Chat template is passed with request, but --trust-request-chat-template is not set. Refused request with untrusted chat template.")]
@@ -113,17 +115,29 @@ impl Router {
 
     /// Routes a parsed request within its model.
     pub async fn route(&self, req: &InferenceRequest) -> Result<Decision, RouteError> {
+        self.route_within(req, None).await
+    }
+
+    /// Routes a parsed request within its model, among the pods in `subset` when the proxy gives
+    /// one (GIE's subset hint).
+    pub async fn route_within(
+        &self,
+        req: &InferenceRequest,
+        subset: Option<&[std::net::SocketAddr]>,
+    ) -> Result<Decision, RouteError> {
         let started = Instant::now();
         if !self.registry.is_synced() {
             return Err(RouteError::NotSynced);
         }
         let snapshot = self.registry.snapshot();
-        let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
+        let model = snapshot.resolve(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
         if model.endpoints.is_empty() {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         }
         self.admit(req)?;
-        let state = self.model_state(&req.model);
+        // Index state and hash seeds belong to the serving model (the request's own name, unless a
+        // catch-all serves it), the same model name KV events are seeded with.
+        let state = self.model_state(&model.name);
 
         let (mut matchable, mut space) = (0, "none");
         let hashes = if matches!(req.kind, Kind::Other) {
@@ -142,7 +156,7 @@ impl Router {
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
                 space = tokens.space.label();
                 self.metrics.tokenized.with_label_values(&[space]).inc();
-                let seed = HashSeed::new(&req.model, req.cache_salt.as_deref(), tokens.space.id());
+                let seed = HashSeed::new(&model.name, req.cache_salt.as_deref(), tokens.space.id());
                 matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
             });
@@ -156,10 +170,14 @@ impl Router {
         let t = Instant::now();
         // Pods showing a sign of death are passed over; when every pod does, all are tried rather
         // than none (a wrong ejection must not stop the model).
-        let alive = model.endpoints.iter().any(|e| e.is_routable());
-        let candidates: Vec<&Arc<Endpoint>> = model
-            .endpoints
-            .iter()
+        let eligible: Vec<&Arc<Endpoint>> =
+            model.endpoints.iter().filter(|e| subset.is_none_or(|s| s.contains(&e.addr))).collect();
+        if eligible.is_empty() {
+            return Err(RouteError::NoEligibleEndpoint(req.model.clone()));
+        }
+        let alive = eligible.iter().any(|e| e.is_routable());
+        let candidates: Vec<&Arc<Endpoint>> = eligible
+            .into_iter()
             .filter(|e| !alive || e.is_routable())
             .filter(|e| self.cfg.max_inflight_per_pod == 0 || e.inflight() < self.cfg.max_inflight_per_pod)
             .collect();
@@ -207,7 +225,7 @@ impl Router {
             let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             // A pod that left discovery since this decision began is not recorded: purge takes
             // this lock after publishing, so either it sees our record or we see its snapshot.
-            if self.registry.is_live(&req.model, candidates[chosen].id) {
+            if self.registry.is_live(&model.name, candidates[chosen].id) {
                 index.record(candidates[chosen].id, &hashes);
             }
             drop(index);
@@ -226,7 +244,7 @@ impl Router {
             let rendezvous = placement.is_some() && facts.iter().all(|f| f.matched_blocks == 0) && !lookup.is_empty();
             let r = Arc::new(Receipt {
                 at_ms: receipt::now_ms(),
-                model: req.model.clone(),
+                model: model.name.clone(),
                 outcome: outcome.label(),
                 tokens: space,
                 prompt_blocks: lookup.len(),
@@ -278,7 +296,7 @@ impl Router {
     /// The tokens a request would be routed with (for `/debug/tokenize`); nothing is recorded.
     pub async fn tokens_for(&self, req: &InferenceRequest) -> Result<crate::tokenizer::Tokens, RouteError> {
         let snapshot = self.registry.snapshot();
-        let model = snapshot.models.get(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
+        let model = snapshot.resolve(&req.model).ok_or_else(|| RouteError::UnknownModel(req.model.clone()))?;
         self.admit(req)?;
         self.tokenizer.tokenize(model, req).await.map_err(|e| match e {
             TokenizeError::Rejected(m) => RouteError::InvalidRequest(m),
@@ -329,13 +347,18 @@ impl Router {
 
     /// Routes a request that names no model (no body, or a body without one) to any ready pod,
     /// on load alone.
-    pub fn route_anywhere(&self) -> Result<Decision, RouteError> {
+    pub fn route_anywhere(&self, subset: Option<&[std::net::SocketAddr]>) -> Result<Decision, RouteError> {
         if !self.registry.is_synced() {
             return Err(RouteError::NotSynced);
         }
         let snapshot = self.registry.snapshot();
-        let alive = snapshot.endpoints().any(|e| e.is_routable());
-        let all: Vec<&Arc<Endpoint>> = snapshot.endpoints().filter(|e| !alive || e.is_routable()).collect();
+        let eligible: Vec<&Arc<Endpoint>> =
+            snapshot.endpoints().filter(|e| subset.is_none_or(|s| s.contains(&e.addr))).collect();
+        if eligible.is_empty() && subset.is_some() {
+            return Err(RouteError::NoEligibleEndpoint(String::new()));
+        }
+        let alive = eligible.iter().any(|e| e.is_routable());
+        let all: Vec<&Arc<Endpoint>> = eligible.into_iter().filter(|e| !alive || e.is_routable()).collect();
         let facts: Vec<Candidate> = all
             .iter()
             .map(|e| Candidate { matched_blocks: 0, inflight: e.inflight(), index_blocks: 0, affinity: e.affinity })

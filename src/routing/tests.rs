@@ -46,7 +46,7 @@ async fn unknown_models_unready_models_and_an_unsynced_registry_are_typed_errors
         Arc::clone(&k.metrics),
     );
     assert_eq!(unsynced.route(&completion("m", "hi")).await.map(|_| ()), Err(RouteError::NotSynced));
-    assert_eq!(unsynced.route_anywhere().map(|_| ()), Err(RouteError::NotSynced));
+    assert_eq!(unsynced.route_anywhere(None).map(|_| ()), Err(RouteError::NotSynced));
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn fallbacks_follow_the_primary_and_requests_without_a_model_go_anywhere()
     assert_eq!(dest.split(',').count(), 3, "{dest}");
     assert_eq!(d.endpoints[0].inflight(), 1, "only the primary is counted");
     assert_eq!(d.endpoints[1].inflight(), 0);
-    let any = k.router.route_anywhere().expect("any pod");
+    let any = k.router.route_anywhere(None).expect("any pod");
     assert_eq!(any.outcome, Outcome::LoadOnly);
 }
 
