@@ -455,3 +455,40 @@ async fn a_client_that_asks_gets_a_receipt_naming_the_pod_and_why_and_nothing_of
     let ring = k.router.receipts(10);
     assert_eq!(ring.len(), 4, "every decision is in the ring, newest first");
 }
+
+/// Request headers carrying GIE's subset hint in `envoy.lb.subset_hint`.
+fn headers_with_subset(mode: BodySendMode, subset: &[&str]) -> ProcessingRequest {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    let list =
+        ListValue { values: subset.iter().map(|s| Value { kind: Some(Kind::StringValue((*s).into())) }).collect() };
+    let hint = Struct { fields: [(format!("{HEADER}-subset"), Value { kind: Some(Kind::ListValue(list)) })].into() };
+    let mut h = headers("/v1/completions", false, mode, &[]);
+    h.metadata_context =
+        Some(Metadata { filter_metadata: [("envoy.lb.subset_hint".to_owned(), hint)].into(), ..Default::default() });
+    h
+}
+
+#[tokio::test]
+async fn the_subset_hint_limits_the_pick_and_an_empty_or_foreign_subset_is_a_503() {
+    let k = kit(vec![spec("m", 4)], routing_config());
+    for mode in [BodySendMode::Buffered, BodySendMode::FullDuplexStreamed] {
+        for i in 0..8 {
+            let prompt = completion(&format!("prompt number {i} for the subset"));
+            let allowed = ["10.0.0.2:8000", "10.0.0.4:8000"];
+            let out =
+                exchange(&k, BodyMode::Auto, vec![headers_with_subset(mode, &allowed), body(&prompt, true)]).await;
+            let dest = out.iter().find_map(destination).expect("routed");
+            assert!(allowed.contains(&dest.as_str()), "{mode:?}: {dest} is outside the subset");
+        }
+        for subset in [&[][..], &["10.9.9.9:8000"][..]] {
+            let out = exchange(
+                &k,
+                BodyMode::Auto,
+                vec![headers_with_subset(mode, subset), body(&completion("anything at all"), true)],
+            )
+            .await;
+            assert_eq!(out.iter().find_map(status).map(|s| s.0), Some(503), "{mode:?}: subset {subset:?}");
+        }
+    }
+}

@@ -71,6 +71,14 @@ pub(crate) fn destination(r: &ProcessingResponse) -> Option<String> {
     (h.key == "x-gateway-destination-endpoint").then(|| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
 
+/// The HTTP status of an answer the router gave itself (`ImmediateResponse`).
+pub(crate) fn status_of(r: &ProcessingResponse) -> Option<i32> {
+    match &r.response {
+        Some(Response::ImmediateResponse(ir)) => ir.status.as_ref().map(|s| s.code),
+        _ => None,
+    }
+}
+
 pub(crate) fn streamed(r: &ProcessingResponse) -> Option<(usize, bool)> {
     let Some(Response::RequestBody(b)) = &r.response else {
         return None;

@@ -1,5 +1,7 @@
-//! A Kubernetes API server stand-in that speaks the pod list/watch protocol the way kube-rs's
-//! watcher uses it: `GET /api/v1/namespaces/{ns}/pods` (and `/api/v1/pods`) with `labelSelector`,
+//! A Kubernetes API server stand-in that speaks the list/watch protocol the way kube-rs's watcher
+//! uses it, for pods and InferencePools: `GET /api/v1/namespaces/{ns}/pods` (and `/api/v1/pods`),
+//! `/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools` with `labelSelector` and
+//! `fieldSelector=metadata.name=…`,
 //! lists carrying `metadata.resourceVersion`, `?watch=true&resourceVersion=N` streaming JSON lines of
 //! ADDED/MODIFIED/DELETED events after N, BOOKMARKs when asked, `410 Gone` (an ERROR event with an
 //! Expired Status) for a resourceVersion older than the last compaction. It can go away (refusing
@@ -16,19 +18,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// (resource, namespace, name)
+type Key = (&'static str, String, String);
+
 #[derive(Default)]
 struct Store {
     rv: u64,
-    /// (namespace, name) → pod
-    pods: BTreeMap<(String, String), Value>,
-    /// Every change: (rv, type, pod); events at or below `compacted` are gone.
-    history: Vec<(u64, &'static str, Value)>,
+    objects: BTreeMap<Key, Value>,
+    /// Every change: (rv, type, resource, object); events at or below `compacted` are gone.
+    history: Vec<(u64, &'static str, &'static str, Value)>,
     compacted: u64,
 }
 
 struct Shared {
     store: Mutex<Store>,
-    changes: broadcast::Sender<(u64, &'static str, Value)>,
+    changes: broadcast::Sender<(u64, &'static str, &'static str, Value)>,
     up: AtomicBool,
     lists: std::sync::atomic::AtomicU64,
 }
@@ -48,6 +52,38 @@ pub(crate) fn pod(ns: &str, name: &str, model: &str, ip: Option<&str>, ready: bo
         "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
         "status": {"phase": "Running", "podIP": ip,
                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+/// An InferencePool selecting `labels` on `ports`.
+pub(crate) fn inference_pool(ns: &str, name: &str, labels: Value, ports: &[u16]) -> Value {
+    let ports: Vec<Value> = ports.iter().map(|p| json!({"number": p})).collect();
+    json!({
+        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-pool-{ns}-{name}")},
+        "spec": {"selector": {"matchLabels": labels}, "targetPorts": ports,
+                 "endpointPickerRef": {"name": "prefix-router-epp", "port": {"number": 9002}}}
+    })
+}
+
+fn resource_of(obj: &Value) -> &'static str {
+    match obj["kind"].as_str() {
+        Some("InferencePool") => "inferencepools",
+        _ => "pods",
+    }
+}
+
+fn list_meta(resource: &str) -> (&'static str, &'static str, &'static str) {
+    match resource {
+        "inferencepools" => ("inference.networking.k8s.io/v1", "InferencePoolList", "InferencePool"),
+        _ => ("v1", "PodList", "Pod"),
+    }
+}
+
+fn fields_match(selector: &str, obj: &Value) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| match term.split_once('=') {
+        Some(("metadata.name", v)) => obj["metadata"]["name"].as_str() == Some(v.trim_start_matches('=')),
+        _ => true,
     })
 }
 
@@ -86,6 +122,7 @@ impl KubeApi {
         let app = axum::Router::new()
             .route("/api/v1/namespaces/{ns}/pods", axum::routing::get(namespaced))
             .route("/api/v1/pods", axum::routing::get(all))
+            .route("/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools", axum::routing::get(pools))
             .with_state(Arc::clone(&self.shared));
         self.shared.up.store(true, Ordering::SeqCst);
         self.server = Some(tokio::spawn(async move {
@@ -105,29 +142,37 @@ impl KubeApi {
         self.serve().await;
     }
 
-    /// Creates or replaces a pod (ADDED or MODIFIED).
-    pub(crate) fn apply(&self, mut pod: Value) {
+    /// Creates or replaces a pod or an InferencePool (ADDED or MODIFIED).
+    pub(crate) fn apply(&self, mut obj: Value) {
         let mut st = self.shared.store.lock().expect("store");
         st.rv += 1;
         let rv = st.rv;
-        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let resource = resource_of(&obj);
         let key = (
-            pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
-            pod["metadata"]["name"].as_str().expect("name").to_owned(),
+            resource,
+            obj["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
+            obj["metadata"]["name"].as_str().expect("name").to_owned(),
         );
-        let kind = if st.pods.insert(key, pod.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        st.history.push((rv, kind, pod.clone()));
-        let _ = self.shared.changes.send((rv, kind, pod));
+        let kind = if st.objects.insert(key, obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        st.history.push((rv, kind, resource, obj.clone()));
+        let _ = self.shared.changes.send((rv, kind, resource, obj));
     }
 
+    /// Deletes a pod.
     pub(crate) fn delete(&self, ns: &str, name: &str) {
+        self.delete_of("pods", ns, name);
+    }
+
+    /// Deletes an object of `resource` (`pods`, `inferencepools`).
+    pub(crate) fn delete_of(&self, resource: &'static str, ns: &str, name: &str) {
         let mut st = self.shared.store.lock().expect("store");
-        let Some(mut pod) = st.pods.remove(&(ns.to_owned(), name.to_owned())) else { return };
+        let Some(mut obj) = st.objects.remove(&(resource, ns.to_owned(), name.to_owned())) else { return };
         st.rv += 1;
         let rv = st.rv;
-        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.history.push((rv, "DELETED", pod.clone()));
-        let _ = self.shared.changes.send((rv, "DELETED", pod));
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.history.push((rv, "DELETED", resource, obj.clone()));
+        let _ = self.shared.changes.send((rv, "DELETED", resource, obj));
     }
 
     /// Forgets history: watches from an older resourceVersion now get 410 Gone.
@@ -159,26 +204,39 @@ async fn namespaced(
     Path(ns): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    handle(s, Some(ns), q).await
+    handle(s, "pods", Some(ns), q).await
 }
 
 async fn all(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    handle(s, None, q).await
+    handle(s, "pods", None, q).await
 }
 
-async fn handle(s: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> Response {
+async fn pools(
+    State(s): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    handle(s, "inferencepools", Some(ns), q).await
+}
+
+async fn handle(s: Arc<Shared>, resource: &'static str, ns: Option<String>, q: HashMap<String, String>) -> Response {
     if !s.up.load(Ordering::SeqCst) {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stand-in is down").into_response();
     }
     let selector = q.get("labelSelector").cloned().unwrap_or_default();
-    let in_scope = move |pod: &Value| {
-        ns.as_deref().is_none_or(|n| pod["metadata"]["namespace"].as_str() == Some(n)) && matches(&selector, pod)
+    let fields = q.get("fieldSelector").cloned().unwrap_or_default();
+    let (api_version, list_kind, kind) = list_meta(resource);
+    let in_scope = move |res: &str, obj: &Value| {
+        res == resource
+            && ns.as_deref().is_none_or(|n| obj["metadata"]["namespace"].as_str() == Some(n))
+            && matches(&selector, obj)
+            && fields_match(&fields, obj)
     };
     if q.get("watch").map(String::as_str) != Some("true") {
         s.lists.fetch_add(1, Ordering::SeqCst);
         let st = s.store.lock().expect("store");
-        let items: Vec<&Value> = st.pods.values().filter(|p| in_scope(p)).collect();
-        let body = json!({"apiVersion": "v1", "kind": "PodList",
+        let items: Vec<&Value> = st.objects.iter().filter(|(k, o)| in_scope(k.0, o)).map(|(_, o)| o).collect();
+        let body = json!({"apiVersion": api_version, "kind": list_kind,
             "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
         return axum::Json(body).into_response();
     }
@@ -196,13 +254,13 @@ async fn handle(s: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) 
             drop(tx);
             return Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
         }
-        let backlog: Vec<(u64, &'static str, Value)> =
-            st.history.iter().filter(|(rv, _, p)| *rv > from && in_scope(p)).cloned().collect();
+        let backlog: Vec<(u64, &'static str, &'static str, Value)> =
+            st.history.iter().filter(|(rv, _, res, o)| *rv > from && in_scope(res, o)).cloned().collect();
         (backlog, s.changes.subscribe())
     };
     tokio::spawn(async move {
         let mut last = from;
-        for (rv, kind, pod) in backlog {
+        for (rv, kind, _, pod) in backlog {
             if !s.up.load(Ordering::SeqCst) {
                 return;
             }
@@ -216,9 +274,9 @@ async fn handle(s: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) 
         loop {
             tokio::select! {
                 change = live.recv() => {
-                    let Ok((rv, kind, pod)) = change else { return };
+                    let Ok((rv, kind, res, pod)) = change else { return };
                     if !s.up.load(Ordering::SeqCst) { return; }
-                    if rv > last && in_scope(&pod) {
+                    if rv > last && in_scope(res, &pod) {
                         last = rv;
                         if tx.send(Ok(line(kind, &pod))).await.is_err() { return; }
                     }
@@ -227,7 +285,7 @@ async fn handle(s: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) 
                     if !s.up.load(Ordering::SeqCst) { return; }
                     if bookmarks {
                         let rv = s.store.lock().expect("store").rv;
-                        let mark = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+                        let mark = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}});
                         if tx.send(Ok(line("BOOKMARK", &mark))).await.is_err() { return; }
                     }
                 }
