@@ -58,6 +58,7 @@ struct Admin {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     router: Arc<Router>,
+    equality: Arc<crate::tokenizer::probe::EngineEquality>,
 }
 
 pub async fn run(
@@ -89,6 +90,7 @@ pub async fn run(
     } else {
         None
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
     // One byte budget for exact requests and for the chat pieces the local tokenizer reuses.
     let token_cache = Arc::new(TokenCache::new(cfg.tokenize_cache_bytes));
     let tokenizer = Arc::new(Tokenization::new(
@@ -105,6 +107,8 @@ pub async fn run(
         token_cache,
         Arc::clone(&metrics),
     ));
+    let verify_local = tokenizer.verify_local_tokenizers(Arc::clone(&registry), stop_rx.clone());
+    let equality = tokenizer.equality();
     let router = Arc::new(Router::new(Arc::clone(&registry), tokenizer, cfg.routing(), Arc::clone(&metrics)));
     {
         let (router, pool) = (Arc::clone(&router), pool.clone());
@@ -126,7 +130,6 @@ pub async fn run(
     let (health, health_addr) = bind(SocketAddr::new(cfg.host, cfg.grpc_health_port)).await?;
     let (admin, admin_addr) = bind(SocketAddr::new(cfg.host, cfg.metrics_port)).await?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (draining_tx, draining) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter.set_service_status("liveness", ServingStatus::Serving).await;
@@ -139,6 +142,7 @@ pub async fn run(
         Source::Pool(pool) => tasks.spawn(pool.watch(Arc::clone(&registry), stop_rx.clone())),
     };
     tasks.spawn(Arc::clone(&router).follow_discovery(stop_rx.clone()));
+    tasks.spawn(verify_local);
     if cfg.kv_events {
         let sink =
             Arc::new(crate::kv_events::RouterSink { router: Arc::clone(&router), metrics: Arc::clone(&metrics) });
@@ -201,7 +205,7 @@ pub async fn run(
             "/debug/tokenize",
             axum::routing::post(tokenize_handler).layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes)),
         )
-        .with_state(Admin { draining, metrics, registry, router });
+        .with_state(Admin { draining, metrics, registry, router, equality });
     let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
     // Scripts and tests read the bound addresses from this line.
@@ -336,6 +340,8 @@ async fn endpoints_handler(
             serde_json::json!({
                 "model": m.name,
                 "local_tokenizer": m.tokenizer.is_some(),
+                // Whether the local tokenizer gave a pod's /tokenize tokens (null: not checked yet).
+                "local_tokenizer_engine_equal": m.tokenizer.as_ref().and_then(|t| a.equality.verdict(&m.name, t.fingerprint())),
                 "endpoints": m.endpoints.iter().map(|e| serde_json::json!({
                     "address": e.addr.to_string(), "engine": format!("{:?}", e.engine).to_lowercase(),
                     "inflight": e.inflight(), "routable": e.is_routable(), "trust": e.trust().label(),

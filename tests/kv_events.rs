@@ -195,3 +195,103 @@ async fn a_pod_that_restarts_empty_loses_its_traffic_to_the_pod_that_still_holds
         assert_eq!(dest(&resp), format!("127.0.0.1:{}", b.port), "B, which holds the prefix, keeps it");
     }
 }
+
+/// The model's `local_tokenizer_engine_equal` verdict in `/debug/endpoints` once decided.
+async fn verdict(router: &Proc) -> bool {
+    let started = Instant::now();
+    loop {
+        let v: Value = client()
+            .get(format!("{}/debug/endpoints", admin(router)))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if let Some(b) = v["models"][0]["local_tokenizer_engine_equal"].as_bool() {
+            return b;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the local tokenizer was checked: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn chat(system: &str, user: &str) -> Value {
+    json!({"model": "tiny-chat", "max_tokens": 1,
+           "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_tokenizer_that_agrees_with_the_engine_matches_events_and_one_that_differs_keeps_its_space() {
+    let pods: Vec<Pod> = (0..3).map(|i| Pod::start(&format!("sim-{i}"))).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = endpoints_file(&dir, &pods.iter().collect::<Vec<_>>());
+    let with_tokenizer = |file: &std::path::Path, tokenizer: &std::path::Path| {
+        let text = std::fs::read_to_string(file).expect("read");
+        let text =
+            text.replace("    engine: vllm\n", &format!("    engine: vllm\n    tokenizer: {}\n", tokenizer.display()));
+        let out = file.with_file_name(format!("{}-endpoints.yaml", free_port()));
+        std::fs::write(&out, text).expect("write");
+        out
+    };
+    // The sims tokenize with the Qwen3 fixture: the same tokenizer agrees.
+    let r = router(&with_tokenizer(&file, &common::fixture_dir()), &["--kv-events=true"]);
+    for p in &pods {
+        wait_for(&r, p.port, "subscribed", |(t, _)| t == "exact").await;
+    }
+    assert!(verdict(&r).await, "the fixture agrees with the sims' /tokenize");
+    let debug = client()
+        .post(format!("{}/debug/tokenize", admin(&r)))
+        .json(&chat("sys", "hi"))
+        .send()
+        .await
+        .expect("tokenize")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(debug["space"], "engine", "verified local tokens are engine tokens: {debug}");
+
+    // Conversations sent straight to two pods (the router never saw them): its next decisions,
+    // on local tokens and no remote tokenization, follow the pods' events.
+    let grpc = common::cluster::grpc_addr(&r);
+    let client_ = common::extproc::connect(grpc).await;
+    for (i, pod) in pods.iter().enumerate().skip(1) {
+        let system = format!("You are assistant number {i}. {}", "Answer with care and cite the cache. ".repeat(20));
+        let before = seen(&r, pod.port).await.1;
+        let res =
+            client().post(pod.url("/v1/chat/completions")).json(&chat(&system, "first")).send().await.expect("post");
+        assert_eq!(res.status(), 200);
+        wait_for(&r, pod.port, "stored", |(_, n)| *n > before).await;
+        for turn in 0..3 {
+            let body = chat(&system, &format!("follow-up {turn}")).to_string();
+            let (_, resp) = common::extproc::decide(&client_, "/v1/chat/completions", body.as_bytes()).await;
+            assert_eq!(
+                common::extproc::destination(&resp),
+                Some(format!("127.0.0.1:{}", pod.port)),
+                "conversation {i}, turn {turn}: routed to the pod whose events hold its system prompt"
+            );
+        }
+    }
+
+    // A tokenizer whose chat template differs from the engine's: the probe catches it.
+    let changed = tempfile::tempdir().expect("tempdir");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(common::fixture_dir().join(f), changed.path().join(f)).expect("copy");
+    }
+    let cfg_path = changed.path().join("tokenizer_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
+    cfg["chat_template"] = json!("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    let r2 = router(&with_tokenizer(&file, changed.path()), &["--kv-events=true"]);
+    assert!(!verdict(&r2).await, "a different chat template is not the engine's");
+    let debug = client()
+        .post(format!("{}/debug/tokenize", admin(&r2)))
+        .json(&chat("sys", "hi"))
+        .send()
+        .await
+        .expect("tokenize")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(debug["space"], "local", "its tokens keep their own space: {debug}");
+}

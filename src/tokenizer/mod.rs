@@ -6,6 +6,7 @@ mod cache;
 mod cpu;
 mod local;
 pub mod pool;
+pub mod probe;
 pub mod remote;
 
 pub use cache::TokenCache;
@@ -84,6 +85,8 @@ pub struct Tokenization {
     cache: Arc<TokenCache>,
     metrics: Arc<crate::metrics::Metrics>,
     logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Local tokenizers verified to give the engine's tokens.
+    equality: Arc<probe::EngineEquality>,
 }
 
 impl Tokenization {
@@ -93,7 +96,28 @@ impl Tokenization {
         cache: Arc<TokenCache>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        Self { local, remote, cache, metrics, logged: Default::default() }
+        Self { local, remote, cache, metrics, logged: Default::default(), equality: Arc::default() }
+    }
+
+    /// Checks each model's local tokenizer against its pods' `/tokenize` (see `probe`), off the
+    /// request path, until `stop`.
+    pub fn verify_local_tokenizers(
+        &self,
+        registry: Arc<crate::discovery::Registry>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let local = Arc::new(self.local.clone());
+        Arc::clone(&self.equality).follow(registry, local, std::time::Duration::from_secs(30), stop)
+    }
+
+    /// The local tokenizers' verdicts (for `/debug/endpoints`).
+    pub fn equality(&self) -> Arc<probe::EngineEquality> {
+        Arc::clone(&self.equality)
+    }
+
+    fn engine_if_equal(&self, model: &Model, mut tokens: Tokens) -> Tokens {
+        tokens.space = self.equality.space(&model.name, tokens.space);
+        tokens
     }
 
     fn cached(&self, key: u128) -> Option<Tokens> {
@@ -134,11 +158,11 @@ impl Tokenization {
         let local_space = format!("{}\0{:016x}", model.name, model.tokenizer.as_ref().map_or(0, |t| t.fingerprint()));
         let key = TokenCache::key("local", &local_space, &body);
         if let Some(tokens) = self.cached(key) {
-            return Ok(tokens);
+            return Ok(self.engine_if_equal(model, tokens));
         }
         let tokens = self.local.tokenize(model, req).await?;
         self.cache.insert(key, (tokens.space, Arc::from(tokens.ids.as_slice())));
-        Ok(tokens)
+        Ok(self.engine_if_equal(model, tokens))
     }
 }
 
