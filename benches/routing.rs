@@ -1,6 +1,9 @@
 //! Routing quality, every policy in one run: random, round-robin, least-load, prefix-router (local
 //! tokens), prefix-router (remote tokens through vLLM /tokenize) and an oracle, on three workloads
-//! (shared prefix, multi-turn chat, trace replay), through a real Envoy in front of `vllm-sim` pods.
+//! (shared prefix, multi-turn chat, trace replay, cache pressure, three replicas), through a real
+//! Envoy (`examples/envoy-buffered.yaml`: BUFFERED request body, no response body — the defaults)
+//! in front of `vllm-sim` pods, and the peers vllm-router and sglang-router (`benches/peers.sh`,
+//! pinned from PyPI; HTTP proxies the client talks to, one per replica, round robin).
 //! Writes BENCHMARKS.md and benches/routing/ttft.svg.
 //!
 //! `bash benches/routing.sh` (= `cargo bench --bench routing`). Env: SIMS=4, SCALE=1.0 (request
@@ -47,17 +50,21 @@ enum Policy {
     PrefixLocal,
     PrefixRemote,
     PrefixEvents,
+    VllmRouter,
+    SglangRouter,
     Oracle,
 }
 
 impl Policy {
-    const ALL: [Policy; 7] = [
+    const ALL: [Policy; 9] = [
         Policy::Random,
         Policy::RoundRobin,
         Policy::LeastLoad,
         Policy::PrefixLocal,
         Policy::PrefixRemote,
         Policy::PrefixEvents,
+        Policy::VllmRouter,
+        Policy::SglangRouter,
         Policy::Oracle,
     ];
     fn name(self) -> &'static str {
@@ -68,8 +75,36 @@ impl Policy {
             Policy::PrefixLocal => "prefix-router (local tokens)",
             Policy::PrefixRemote => "prefix-router (remote tokens)",
             Policy::PrefixEvents => "prefix-router (KV events)",
+            Policy::VllmRouter => "vllm-router 0.1.17 (cache_aware)",
+            Policy::SglangRouter => "sglang-router 0.3.2 (cache_aware)",
             Policy::Oracle => "oracle",
         }
+    }
+
+    /// A peer router (an HTTP proxy the client talks to): its command line for these sims.
+    fn peer(self, bin_dir: &str, port: u16, metrics_port: u16, sims: &[SocketAddr]) -> Option<(String, Vec<String>)> {
+        let (bin, launch, quiet) = match self {
+            Policy::VllmRouter => ("vllm-router", &[][..], "warning"),
+            Policy::SglangRouter => ("sglang-router", &["launch"][..], "warn"),
+            _ => return None,
+        };
+        let mut args: Vec<String> = launch.iter().map(|s| (*s).to_owned()).collect();
+        args.push("--worker-urls".into());
+        args.extend(sims.iter().map(|a| format!("http://{a}")));
+        // Their cache-aware policy with the router's balance guard (8 requests and 1.5×).
+        for (k, v) in [
+            ("--policy", "cache_aware".to_owned()),
+            ("--balance-abs-threshold", "8".to_owned()),
+            ("--balance-rel-threshold", "1.5".to_owned()),
+            ("--host", "127.0.0.1".to_owned()),
+            ("--port", port.to_string()),
+            ("--prometheus-port", metrics_port.to_string()),
+            ("--log-level", quiet.to_owned()),
+        ] {
+            args.push(k.into());
+            args.push(v);
+        }
+        Some((format!("{bin_dir}/{bin}"), args))
     }
     fn router_args(self) -> Vec<&'static str> {
         match self {
@@ -79,7 +114,7 @@ impl Policy {
             Policy::PrefixLocal => vec!["--policy", "prefix"],
             Policy::PrefixRemote => [&["--policy", "prefix"][..], REMOTE_TOKENS].concat(),
             Policy::PrefixEvents => [&["--policy", "prefix", "--kv-events=true"][..], REMOTE_TOKENS].concat(),
-            Policy::Oracle => vec![],
+            Policy::VllmRouter | Policy::SglangRouter | Policy::Oracle => vec![],
         }
     }
 }
@@ -105,12 +140,24 @@ struct Shape {
 
 const ROOMY: Shape = Shape { gpu_blocks: 2048, replicas: 1 };
 
-/// Sims, and for router policies a router and a real Envoy in front.
+/// Sims, and for router policies a router and a real Envoy in front; for peers, their proxies.
 struct Stack {
     sims: Vec<(Kill, SocketAddr)>,
     routers: Vec<(Kill, String)>,
     envoy: Option<(Kill, u16)>,
+    peers: Vec<(Kill, String)>,
     _dir: PathBuf,
+}
+
+/// The peers' venv (`benches/peers.sh`), or `None` when they cannot be installed here.
+fn peers_bin() -> Option<String> {
+    static BIN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::process::Command::new("bash").arg("benches/peers.sh").output().ok()?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !dir.is_empty()).then_some(dir)
+    })
+    .clone()
 }
 
 impl Stack {
@@ -140,7 +187,29 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("routing-bench-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("dir");
         if policy == Policy::Oracle {
-            return Stack { sims, routers: Vec::new(), envoy: None, _dir: dir };
+            return Stack { sims, routers: Vec::new(), envoy: None, peers: Vec::new(), _dir: dir };
+        }
+        if let Some(bin) = peers_bin() {
+            let pods: Vec<SocketAddr> = sims.iter().map(|(_, a)| *a).collect();
+            let mut peers = Vec::new();
+            for _ in 0..shape.replicas {
+                let port = free_port();
+                let Some((cmd, args)) = policy.peer(&bin, port, free_port(), &pods) else { break };
+                let child = std::process::Command::new(&cmd)
+                    .args(&args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("start {cmd}: {e}"));
+                peers.push((Kill(child), format!("http://127.0.0.1:{port}")));
+            }
+            if !peers.is_empty() {
+                for (_, url) in &peers {
+                    let port: u16 = url.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+                    procs::wait_port(port).await;
+                }
+                return Stack { sims, routers: Vec::new(), envoy: None, peers, _dir: dir };
+            }
         }
         let eps: Vec<String> = sims.iter().map(|(_, a)| format!("\"{a}\"")).collect();
         let file = dir.join("endpoints.yaml");
@@ -168,11 +237,11 @@ impl Stack {
         let port = free_port();
         let ports: Vec<u16> = grpc_ports.iter().map(|p| p.parse().expect("port")).collect();
         let pods: Vec<SocketAddr> = sims.iter().map(|(_, a)| *a).collect();
-        let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
+        let example = std::fs::read_to_string(repo.join("examples/envoy-buffered.yaml")).expect("example");
         let cfg = bootstrap::rewrite(&example, port, free_port(), &ports, &pods);
         let envoy = procs::envoy(&cfg, 1);
         procs::wait_port(port).await;
-        Stack { sims, routers, envoy: Some((envoy, port)), _dir: dir }
+        Stack { sims, routers, envoy: Some((envoy, port)), peers: Vec::new(), _dir: dir }
     }
 }
 
@@ -249,9 +318,12 @@ fn load_weight() -> f64 {
 }
 const DEFAULT_LOAD_WEIGHT: f64 = 1.0;
 
-/// Where a request goes: through Envoy, or for the oracle straight to the best sim.
+/// Where a request goes: through Envoy, to a peer proxy (round robin over its replicas), or for
+/// the oracle straight to the best sim.
 struct Target {
     envoy: Option<String>,
+    peers: Vec<String>,
+    next_peer: AtomicU64,
     sims: Vec<String>,
     inflight: Vec<AtomicU64>,
 }
@@ -260,6 +332,10 @@ impl Target {
     async fn pick(&self, http: &reqwest::Client, path: &str, body: &Value) -> (String, Option<usize>) {
         if let Some(base) = &self.envoy {
             return (format!("{base}{path}"), None);
+        }
+        if !self.peers.is_empty() {
+            let i = self.next_peer.fetch_add(1, Ordering::Relaxed) as usize % self.peers.len();
+            return (format!("{}{path}", self.peers[i]), None);
         }
         let probes = self.sims.iter().map(|s| {
             let http = http.clone();
@@ -392,6 +468,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 struct Row {
     policy: &'static str,
+    outside_ms: f64,
     hit_client: f64,
     hit_sims: f64,
     ttft: [f64; 3],
@@ -411,21 +488,28 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> Row {
+async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> Option<Row> {
     let stack = Stack::start(policy, sims, shape).await;
     let http = reqwest::Client::new();
     let sim_urls: Vec<String> = stack.sims.iter().map(|(_, a)| format!("http://{a}")).collect();
+    if policy.peer("", 0, 0, &[]).is_some() && stack.peers.is_empty() {
+        return None;
+    }
     let target = Arc::new(Target {
         envoy: stack.envoy.as_ref().map(|(_, p)| format!("http://127.0.0.1:{p}")),
+        peers: stack.peers.iter().map(|(_, u)| u.clone()).collect(),
+        next_peer: AtomicU64::new(0),
         sims: sim_urls.clone(),
         inflight: (0..sim_urls.len()).map(|_| AtomicU64::new(0)).collect(),
     });
     let (records, errors, elapsed) = replay(target, w).await;
-    let (mut hits, mut queries) = (0.0, 0.0);
+    let (mut hits, mut queries, mut engine_ttft_s, mut engine_n) = (0.0, 0.0, 0.0, 0.0);
     for s in &sim_urls {
         let m = metrics(&http, s).await;
         hits += metric(&m, "vllm:prefix_cache_hits_total");
         queries += metric(&m, "vllm:prefix_cache_queries_total");
+        engine_ttft_s += metric(&m, "vllm:time_to_first_token_seconds_sum");
+        engine_n += metric(&m, "vllm:time_to_first_token_seconds_count");
     }
     let mut router_us = None;
     let mut decisions = 0.0;
@@ -458,7 +542,11 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
     e2e.sort_by(f64::total_cmp);
     let (prompt, cached): (u64, u64) = records.iter().fold((0, 0), |(p, c), r| (p + r.prompt, c + r.cached));
     drop(stack);
-    Row {
+    let client_ttft_ms = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
+    Some(Row {
+        // Client TTFT minus the engine's own (its queue and prefill), on average: routing, proxies,
+        // tokenization and the network — the time spent outside the engine.
+        outside_ms: client_ttft_ms - 1e3 * engine_ttft_s / engine_n.max(1.0),
         policy: policy.name(),
         hit_client: cached as f64 / prompt.max(1) as f64,
         hit_sims: hits / queries.max(1.0),
@@ -470,18 +558,18 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         errors,
         router_us,
         ttfts,
-    }
+    })
 }
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| policy | hit rate (usage) | hit rate (sims) | TTFT p50 | TTFT p90 | TTFT p99 | E2E p50 | E2E p99 | req/s | max/mean per pod | router decision (mean) | ok / errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| policy | hit rate (usage) | hit rate (sims) | TTFT p50 | TTFT p90 | TTFT p99 | E2E p50 | E2E p99 | req/s | max/mean per pod | router decision (mean) | outside the engine (mean) | ok / errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let ms = |v: f64| if v >= 1000.0 { format!("{:.2} s", v / 1000.0) } else { format!("{v:.0} ms") };
         s.push_str(&format!(
-            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {} / {} |\n",
+            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.1} ms | {} / {} |\n",
             r.policy,
             r.hit_client * 100.0,
             r.hit_sims * 100.0,
@@ -492,7 +580,8 @@ fn table(rows: &[Row]) -> String {
             ms(r.e2e[1]),
             r.throughput,
             r.max_over_mean,
-            r.router_us.map_or("— (direct)".into(), |u| format!("{u:.0} µs")),
+            r.router_us.map_or("—".into(), |u| format!("{u:.0} µs")),
+            r.outside_ms,
             r.requests,
             r.errors
         ));
@@ -502,6 +591,26 @@ fn table(rows: &[Row]) -> String {
 
 fn verdict(rows: &[Row]) -> String {
     let get = |name: &str| rows.iter().find(|r| r.policy == name);
+    let peers: Vec<&Row> = rows.iter().filter(|r| r.policy.contains("-router 0.")).collect();
+    let best_hit = peers.iter().max_by(|a, b| a.hit_client.total_cmp(&b.hit_client));
+    let best_p90 = peers.iter().min_by(|a, b| a.ttft[1].total_cmp(&b.ttft[1]));
+    let best_out = peers.iter().min_by(|a, b| a.outside_ms.total_cmp(&b.outside_ms));
+    let mut versus = String::new();
+    if let (Some(h), Some(p), Some(o)) = (best_hit, best_p90, best_out) {
+        for ours in ["prefix-router (local tokens)", "prefix-router (KV events)"] {
+            let Some(r) = get(ours) else { continue };
+            versus.push_str(&format!(
+                "{ours} vs the best peer: hit rate {:.2}× {}'s, TTFT p90 {:.2}× {}'s, outside the engine {:.1} ms vs {:.1} ms ({}).\n",
+                r.hit_client / h.hit_client.max(1e-9),
+                h.policy.split(' ').next().unwrap_or(""),
+                r.ttft[1] / p.ttft[1].max(1e-9),
+                p.policy.split(' ').next().unwrap_or(""),
+                r.outside_ms,
+                o.outside_ms,
+                o.policy.split(' ').next().unwrap_or("")
+            ));
+        }
+    }
     let events = match (get("prefix-router (KV events)"), get("prefix-router (remote tokens)"), get("oracle")) {
         (Some(ev), Some(hist), Some(oracle)) => format!(
             "KV events vs oracle hit rate: {:.0}% of the oracle's; vs the routing-history index on the same (engine) \
@@ -511,7 +620,7 @@ fn verdict(rows: &[Row]) -> String {
             ev.ttft[1] / hist.ttft[1].max(1e-9)
         ),
         _ => String::new(),
-    };
+    } + &versus;
     let (Some(prefix), Some(oracle), Some(rr)) =
         (get("prefix-router (local tokens)"), get("oracle"), get("round-robin"))
     else {
@@ -649,7 +758,10 @@ async fn main() {
             .into_iter()
             .filter(|p| only.as_ref().is_none_or(|o| o.iter().any(|n| p.name().starts_with(n.as_str()))))
         {
-            let row = run_policy(p, w, sims, *shape).await;
+            let Some(row) = run_policy(p, w, sims, *shape).await else {
+                eprintln!("{:<32} skipped: the peers could not be installed (benches/peers.sh)", p.name());
+                continue;
+            };
             eprintln!(
                 "{:<32} hit {:.1}% ttft p90 {:.0} ms ({} ok, {} errors)",
                 row.policy,
