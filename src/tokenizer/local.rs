@@ -122,6 +122,25 @@ impl LocalTokenizer {
         Ok(ids)
     }
 
+    /// The request as the CPU pool needs it: a text prompt cut to the byte cap (counted here, so
+    /// `text` sees it within the cap and does not count it again), anything else cloned.
+    fn job_input(&self, req: &InferenceRequest) -> InferenceRequest {
+        let text = match &req.kind {
+            Kind::Completion(Prompt::Text(t)) => t,
+            Kind::Completion(Prompt::Texts(ts)) => match ts.first() {
+                Some(t) => t,
+                None => return req.clone(),
+            },
+            _ => return req.clone(),
+        };
+        InferenceRequest {
+            model: req.model.clone(),
+            kind: Kind::Completion(Prompt::Text(self.capped(text).to_owned())),
+            cache_salt: req.cache_salt.clone(),
+            stream: req.stream,
+        }
+    }
+
     fn text(&self, model: &Model, text: &str) -> Tokens {
         let text = self.capped(text);
         if let Some(tok) = &model.tokenizer {
@@ -221,7 +240,8 @@ impl Tokenize for LocalTokenizer {
             if bytes <= INLINE_BYTES {
                 return self.tokenize_now(model, req);
             }
-            let (this, model_c, req_c) = (self.clone(), Arc::clone(model), req.clone());
+            // A long text prompt goes to the pool already cut to the cap: no copy of the whole.
+            let (this, model_c, req_c) = (self.clone(), Arc::clone(model), self.job_input(req));
             let job = move || this.tokenize_now(&model_c, &req_c);
             let Some(limits) = &self.limits else {
                 return tokio::task::spawn_blocking(job).await.map_err(|e| TokenizeError::Failed(e.to_string()))?;
