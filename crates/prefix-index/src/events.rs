@@ -91,7 +91,8 @@ impl EventIndex {
     /// when `parent` is `None`, from `seed` (the model or LoRA name and the salt).
     pub fn store(&mut self, pod: PodId, blocks: &Blocks<'_>, seed: HashSeed) -> Result<usize, StoreError> {
         let Blocks { parent, engine_hashes, token_ids, block_size, medium } = *blocks;
-        if block_size == 0 || token_ids.len() != engine_hashes.len() * block_size {
+        // `block_size` comes off the wire: a huge one must not overflow the check.
+        if block_size == 0 || engine_hashes.len().checked_mul(block_size) != Some(token_ids.len()) {
             return Err(StoreError::Malformed);
         }
         let start = match parent {
@@ -237,6 +238,18 @@ mod tests {
 
     fn seed() -> HashSeed {
         HashSeed::new("m", None, 0x0e0e)
+    }
+
+    #[test]
+    fn a_block_size_off_the_wire_that_would_overflow_is_refused_not_a_panic() {
+        // Found by `fuzz/fuzz_targets/kv_event_batch.rs`: 4 hashes × 2^62 wrapped to 0 tokens.
+        let mut idx = EventIndex::new();
+        let hashes = [1, 2, 3, 4];
+        for block_size in [usize::MAX, 1 << 62, usize::MAX / 2 + 1] {
+            let blocks =
+                Blocks { parent: None, engine_hashes: &hashes, token_ids: &[], block_size, medium: Medium::Gpu };
+            assert_eq!(idx.store(A, &blocks, HashSeed::new("m", None, 0)), Err(StoreError::Malformed));
+        }
     }
 
     #[test]

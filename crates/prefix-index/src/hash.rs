@@ -33,7 +33,7 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, seed: HashSeed) -> Vec<u6
 /// The chain continued from a parent block's hash (`seed.value()` for a sequence's first block).
 pub fn extend_hashes(parent: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
     let mut parent = parent;
-    let mut buf = Vec::with_capacity(block_size * 4);
+    let mut buf = Vec::with_capacity(block_size.min(tokens.len()).saturating_mul(4));
     tokens
         .chunks_exact(block_size.max(1))
         .map(|block| {
