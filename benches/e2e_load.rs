@@ -1,10 +1,12 @@
 //! Load harness for the whole path, all on loopback: one `vllm-sim` (no modelled prefill/decode, so
 //! the backend costs only its HTTP handling and tokenization), the router on the endpoints file,
-//! and two real Envoys — one straight to the sim, one through the router (FULL_DUPLEX_STREAMED).
+//! and real Envoys — one straight to the sim, four through the router (one per wiring compared).
 //!
 //! `cargo bench --bench e2e_load` (env: SECONDS=4 per round, RATE=100 req/s, ROUNDS=3). Prints
-//! latency through each path at the same open-loop rate (rounds alternate, so drift hits both), the
-//! difference (what the router adds), and requests/s at saturation (16 connections).
+//! latency straight through Envoy and through the router in four Envoy wirings (BUFFERED or
+//! FULL_DUPLEX_STREAMED request bodies; response headers, none, or response bodies too) at the same
+//! open-loop rate (rounds alternate, so drift hits all alike), what the router adds in each, and
+//! requests/s at saturation (16 connections, the buffered example).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/bins.rs"]
@@ -18,6 +20,9 @@ use procs::{free_port, start, wait_port};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// (name, example bootstrap, text edits applied to it)
+type Wiring = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -156,47 +161,77 @@ async fn main() {
     let grpc: String = rline.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc").to_owned();
     let grpc_port = grpc.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
 
-    let (p_direct, p_routed) = (free_port(), free_port());
+    let p_direct = free_port();
     let sim_port = sim_addr.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
     let _direct = procs::envoy(&DIRECT.replace("LISTEN", &p_direct.to_string()).replace("SIM", &sim_port), 1);
-    let example = std::fs::read_to_string(repo.join("examples/envoy-full-duplex.yaml")).expect("example");
     let sim: std::net::SocketAddr = sim_addr.parse().expect("sim address");
-    let routed_cfg = bootstrap::rewrite(&example, p_routed, free_port(), &[grpc_port.parse().expect("port")], &[sim]);
-    let _routed = procs::envoy(&routed_cfg, 1);
+    // The Envoy wirings compared: both examples, and each with its response phases changed.
+    let configs: [Wiring; 4] = [
+        ("BUFFERED, response headers (examples/envoy-buffered.yaml)", "envoy-buffered.yaml", &[]),
+        (
+            "BUFFERED, no response phase",
+            "envoy-buffered.yaml",
+            &[("response_header_mode: SEND", "response_header_mode: SKIP")],
+        ),
+        ("FULL_DUPLEX_STREAMED, response headers (examples/envoy-full-duplex.yaml)", "envoy-full-duplex.yaml", &[]),
+        (
+            "FULL_DUPLEX_STREAMED both ways (the Envoy Gateway overlay)",
+            "envoy-full-duplex.yaml",
+            &[("response_body_mode: NONE", "response_body_mode: FULL_DUPLEX_STREAMED")],
+        ),
+    ];
+    let mut routed_envoys = Vec::new();
+    let mut routed_urls = Vec::new();
+    for (_, file, edits) in &configs {
+        let port = free_port();
+        let example = std::fs::read_to_string(repo.join("examples").join(file)).expect("example");
+        let mut cfg = bootstrap::rewrite(&example, port, free_port(), &[grpc_port.parse().expect("port")], &[sim]);
+        for (from, to) in *edits {
+            assert!(cfg.contains(from), "{file}: {from}");
+            cfg = cfg.replace(from, to);
+        }
+        routed_envoys.push(procs::envoy(&cfg, 1));
+        routed_urls.push(format!("http://127.0.0.1:{port}"));
+        wait_port(port).await;
+    }
     wait_port(p_direct).await;
-    wait_port(p_routed).await;
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
     let short = Arc::new(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "What is a KV cache, briefly?"}], "max_tokens": 1}).to_string());
     let long_text: String = (0..110).map(|i| format!("Sentence {i} explains why blocks are reused. ")).collect();
     let long = Arc::new(serde_json::json!({"model": "m", "prompt": long_text, "max_tokens": 1}).to_string());
     let direct = format!("http://127.0.0.1:{p_direct}");
-    let routed = format!("http://127.0.0.1:{p_routed}");
-    println!("rate {rate} req/s, {rounds} rounds × {secs} s per path and request; 2 cores shared by client, Envoys, router, sim\n");
-    println!("| request | path | p50 | p99 |");
-    println!("|---|---|---:|---:|");
+    println!("rate {rate} req/s, {rounds} rounds × {secs} s per path and request (paths interleaved each round); 2 cores shared by client, Envoys, router, sim\n");
     let mut added = Vec::new();
     for (name, body, path) in
         [("chat, ~20 tokens", &short, "/v1/chat/completions"), ("completion, ~1.1k tokens", &long, "/v1/completions")]
     {
-        // Warm both paths (connections, caches of the sim's tokenizer, Envoy clusters).
+        // Warm every path (connections, caches of the sim's tokenizer, Envoy clusters).
         let _ = fixed_rate(&client, &format!("{direct}{path}"), body, 50, 1).await;
-        let _ = fixed_rate(&client, &format!("{routed}{path}"), body, 50, 1).await;
-        let (mut d, mut r) = (Vec::new(), Vec::new());
+        for u in &routed_urls {
+            let _ = fixed_rate(&client, &format!("{u}{path}"), body, 50, 1).await;
+        }
+        let mut d = Vec::new();
+        let mut r: Vec<Vec<Duration>> = vec![Vec::new(); routed_urls.len()];
         for _ in 0..rounds {
             d.extend(fixed_rate(&client, &format!("{direct}{path}"), body, rate, secs).await);
-            r.extend(fixed_rate(&client, &format!("{routed}{path}"), body, rate, secs).await);
+            for (i, u) in routed_urls.iter().enumerate() {
+                r[i].extend(fixed_rate(&client, &format!("{u}{path}"), body, rate, secs).await);
+            }
         }
-        let (d50, d99, r50, r99) = (pct(&mut d, 0.5), pct(&mut d, 0.99), pct(&mut r, 0.5), pct(&mut r, 0.99));
-        println!("| {name} | Envoy → sim | {:.0} µs | {:.0} µs |", d50, d99);
-        println!("| {name} | Envoy → router → sim | {:.0} µs | {:.0} µs |", r50, r99);
-        added.push((name, r50 - d50, r99 - d99));
+        let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
+        for (i, (cfg, _, _)) in configs.iter().enumerate() {
+            let (r50, r99) = (pct(&mut r[i], 0.5), pct(&mut r[i], 0.99));
+            added.push((name, *cfg, r50 - d50, r99 - d99, r50, r99));
+        }
+        added.push((name, "Envoy → sim, no router", 0.0, 0.0, d50, d99));
     }
-    println!("\n| request | added by the router, p50 | added, p99 |");
-    println!("|---|---:|---:|");
-    for (name, a50, a99) in added {
-        println!("| {name} | {:.0} µs | {:.0} µs |", a50, a99);
+    println!("| request | Envoy wiring | latency p50 | p99 | added by the router, p50 | added, p99 |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (name, cfg, a50, a99, l50, l99) in &added {
+        println!("| {name} | {cfg} | {l50:.0} µs | {l99:.0} µs | {a50:.0} µs | {a99:.0} µs |");
     }
+    let routed = routed_urls[0].clone();
     let direct_rps = saturate(&client, &format!("{direct}/v1/chat/completions"), &short, secs).await;
     let routed_rps = saturate(&client, &format!("{routed}/v1/chat/completions"), &short, secs).await;
     println!("\n| saturation (16 connections, short chat) | requests/s |");

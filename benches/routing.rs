@@ -591,7 +591,9 @@ fn table(rows: &[Row]) -> String {
 
 fn verdict(rows: &[Row]) -> String {
     let get = |name: &str| rows.iter().find(|r| r.policy == name);
-    let peers: Vec<&Row> = rows.iter().filter(|r| r.policy.contains("-router 0.")).collect();
+    // A peer that failed requests is not a fair "best": its rows show the errors.
+    let peers: Vec<&Row> =
+        rows.iter().filter(|r| r.policy.contains("-router 0.") && r.requests > 0 && r.errors == 0).collect();
     let best_hit = peers.iter().max_by(|a, b| a.hit_client.total_cmp(&b.hit_client));
     let best_p90 = peers.iter().min_by(|a, b| a.ttft[1].total_cmp(&b.ttft[1]));
     let best_out = peers.iter().min_by(|a, b| a.outside_ms.total_cmp(&b.outside_ms));

@@ -346,6 +346,8 @@ async fn endpoints_handler(
                     "address": e.addr.to_string(), "engine": format!("{:?}", e.engine).to_lowercase(),
                     "inflight": e.inflight(), "routable": e.is_routable(), "trust": e.trust().label(),
                     "event_blocks": a.router.event_blocks(&m.name, e.id),
+                    // The pod's KV cache in tokens, from its vllm:cache_config_info (null: not known yet).
+                    "cache_tokens": e.cache_tokens(),
                 })).collect::<Vec<_>>(),
             })
         })

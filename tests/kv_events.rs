@@ -240,6 +240,23 @@ async fn a_local_tokenizer_that_agrees_with_the_engine_matches_events_and_one_th
         wait_for(&r, p.port, "subscribed", |(t, _)| t == "exact").await;
     }
     assert!(verdict(&r).await, "the fixture agrees with the sims' /tokenize");
+    // The pods' cache size, from their vllm:cache_config_info (64 blocks of 16 tokens).
+    let started = Instant::now();
+    loop {
+        let v: Value = client()
+            .get(format!("{}/debug/endpoints", admin(&r)))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if v["models"][0]["endpoints"].as_array().expect("endpoints").iter().all(|e| e["cache_tokens"] == 1024) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the pods' cache sizes are known: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let debug = client()
         .post(format!("{}/debug/tokenize", admin(&r)))
         .json(&chat("sys", "hi"))

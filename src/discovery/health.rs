@@ -78,7 +78,8 @@ pub async fn probe(
         tracing::error!("endpoint health probes disabled: no HTTP client");
         return;
     };
-    let mut last_full = tokio::time::Instant::now();
+    // The first round probes every pod (and learns their cache sizes) at once.
+    let mut last_full = tokio::time::Instant::now().checked_sub(period).unwrap_or_else(tokio::time::Instant::now);
     loop {
         tokio::select! {
             () = tokio::time::sleep(retry) => {}
@@ -106,6 +107,12 @@ pub async fn probe(
                 Probe::Passed => {
                     e.probe_failures.store(0, Ordering::Release);
                     e.restore();
+                    if e.cache_tokens().is_none() && e.engine == super::Engine::Vllm {
+                        if let Some(tokens) = cache_tokens(&http, e.addr).await {
+                            tracing::debug!(pod = %e.addr, tokens, "pod KV cache size");
+                            e.set_cache_tokens(tokens);
+                        }
+                    }
                 }
                 Probe::Refused => e.eject(Ejection::Probe, &metrics),
                 Probe::Failed => {
@@ -116,6 +123,22 @@ pub async fn probe(
             }
         }
     }
+}
+
+/// The tokens a vLLM pod's KV cache holds, from `vllm:cache_config_info` on its `/metrics`
+/// (`num_gpu_blocks` × `block_size`, labels as vLLM renders them: `"2048"`, `"16"`).
+async fn cache_tokens(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<u64> {
+    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+    cache_tokens_of(&text)
+}
+
+fn cache_tokens_of(metrics: &str) -> Option<u64> {
+    let line = metrics.lines().find(|l| l.starts_with("vllm:cache_config_info{"))?;
+    let label = |name: &str| -> Option<u64> {
+        let at = line.find(&format!("{name}=\""))? + name.len() + 2;
+        line[at..].split('"').next()?.parse().ok()
+    };
+    label("num_gpu_blocks")?.checked_mul(label("block_size")?).filter(|t| *t > 0)
 }
 
 #[cfg(test)]
@@ -137,6 +160,14 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    #[test]
+    fn the_cache_size_comes_from_vllm_cache_config_info() {
+        let m = "# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",num_gpu_blocks=\"2048\",prefix_caching_hash_algo=\"sha256_cbor\"} 1.0\n";
+        assert_eq!(cache_tokens_of(m), Some(32_768));
+        assert_eq!(cache_tokens_of("vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"None\"} 1.0"), None);
+        assert_eq!(cache_tokens_of("vllm:num_requests_running 0"), None);
     }
 
     #[tokio::test]

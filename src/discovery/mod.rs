@@ -51,6 +51,9 @@ pub struct Endpoint {
     trust: std::sync::atomic::AtomicU8,
     /// Probes in a row that timed out or failed (not refused): see `health`.
     probe_failures: std::sync::atomic::AtomicU8,
+    /// Tokens the pod's KV cache holds (`num_gpu_blocks × block_size` from its
+    /// `vllm:cache_config_info`), 0 while unknown: see `health`.
+    cache_tokens: AtomicU64,
 }
 
 /// How routing sees a pod's cache.
@@ -96,6 +99,15 @@ impl Endpoint {
 impl Endpoint {
     pub fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Tokens the pod's KV cache holds, when it has said.
+    pub fn cache_tokens(&self) -> Option<u64> {
+        Some(self.cache_tokens.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    pub fn set_cache_tokens(&self, tokens: u64) {
+        self.cache_tokens.store(tokens, Ordering::Relaxed);
     }
 }
 
@@ -264,6 +276,7 @@ impl Registry {
                         ejected: AtomicBool::new(false),
                         trust: std::sync::atomic::AtomicU8::new(0),
                         probe_failures: std::sync::atomic::AtomicU8::new(0),
+                        cache_tokens: AtomicU64::new(0),
                     })
                 });
                 if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {

@@ -71,8 +71,10 @@ impl Indexes {
         }
     }
 
-    /// A decision: the pod will hold these blocks (history, and pending until reported).
-    pub(super) fn record(&mut self, pod: PodId, hashes: &[u64]) {
+    /// A decision: the pod will hold these blocks (history, and pending until reported). The
+    /// history remembers for the pod no more than `capacity` blocks, when its real cache is known.
+    pub(super) fn record(&mut self, pod: PodId, hashes: &[u64], capacity: Option<usize>) {
+        self.history.set_capacity(pod, capacity);
         if self.rotated.elapsed() >= self.pending_ttl {
             let [newer, older] = &mut self.recent;
             *older = std::mem::replace(newer, PrefixIndex::new(self.history.blocks_per_pod()));

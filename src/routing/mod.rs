@@ -226,7 +226,8 @@ impl Router {
             // A pod that left discovery since this decision began is not recorded: purge takes
             // this lock after publishing, so either it sees our record or we see its snapshot.
             if self.registry.is_live(&model.name, candidates[chosen].id) {
-                index.record(candidates[chosen].id, &hashes);
+                let capacity = self.capacity_blocks(candidates[chosen]);
+                index.record(candidates[chosen].id, &hashes, capacity);
             }
             drop(index);
             if !lookup.is_empty() {
@@ -287,7 +288,7 @@ impl Router {
             let state = self.model_state(&primary.model);
             let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.registry.is_live(&primary.model, pod.id) {
-                index.record(pod.id, &d.hashes);
+                index.record(pod.id, &d.hashes, self.capacity_blocks(pod));
             }
         }
         d.guard = InflightGuard::new(Arc::clone(pod));
@@ -333,6 +334,11 @@ impl Router {
         models
             .get(model)
             .map_or(0, |m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).event_blocks(pod))
+    }
+
+    /// The pod's real KV cache in the router's blocks, when the pod has said.
+    fn capacity_blocks(&self, e: &Endpoint) -> Option<usize> {
+        e.cache_tokens().map(|t| (t / self.cfg.block_size.max(1) as u64) as usize)
     }
 
     /// The latest route receipts, newest first.

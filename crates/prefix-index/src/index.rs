@@ -29,11 +29,27 @@ pub struct PrefixIndex {
     blocks: HashMap<u64, Vec<PodId>>,
     pods: HashMap<PodId, LruCache<u64, ()>>,
     blocks_per_pod: usize,
+    /// Pods whose real cache is smaller than `blocks_per_pod`: they forget sooner, as they evict.
+    capacity: HashMap<PodId, usize>,
 }
 
 impl PrefixIndex {
     pub fn new(blocks_per_pod: usize) -> Self {
-        Self { blocks: HashMap::new(), pods: HashMap::new(), blocks_per_pod: blocks_per_pod.max(1) }
+        Self {
+            blocks: HashMap::new(),
+            pods: HashMap::new(),
+            blocks_per_pod: blocks_per_pod.max(1),
+            capacity: HashMap::new(),
+        }
+    }
+
+    /// The blocks `pod`'s cache really holds (`None`: unknown, `blocks_per_pod` applies). The
+    /// smaller of the two bounds what the index remembers for the pod from its next record on.
+    pub fn set_capacity(&mut self, pod: PodId, blocks: Option<usize>) {
+        match blocks {
+            Some(b) => self.capacity.insert(pod, b.max(1)),
+            None => self.capacity.remove(&pod),
+        };
     }
 
     /// The most blocks each pod may hold here.
@@ -69,7 +85,7 @@ impl PrefixIndex {
 
     /// Records that `pod` will hold `hashes` (it is computing them now).
     pub fn record(&mut self, pod: PodId, hashes: &[u64]) {
-        let cap = self.blocks_per_pod;
+        let cap = self.capacity.get(&pod).map_or(self.blocks_per_pod, |c| (*c).min(self.blocks_per_pod));
         let lru = self.pods.entry(pod).or_insert_with(LruCache::unbounded);
         // Touch head-first so the tail is the least recently used, as the engine evicts it.
         for h in hashes.iter().rev() {
@@ -100,6 +116,7 @@ impl PrefixIndex {
 
     /// Forgets everything about a pod that left discovery.
     pub fn remove_pod(&mut self, pod: PodId) {
+        self.capacity.remove(&pod);
         if let Some(lru) = self.pods.remove(&pod) {
             for (h, ()) in &lru {
                 remove_holder(&mut self.blocks, *h, pod);
@@ -161,6 +178,23 @@ mod tests {
         gap.record(B, &[3]);
         let m = gap.lookup(&[1, 2, 3]);
         assert_eq!((m.get(A), m.get(B)), (3, 1), "no credit for B's block 3 past its gap");
+    }
+
+    #[test]
+    fn a_pod_with_a_smaller_real_cache_forgets_sooner_than_the_default() {
+        let mut idx = PrefixIndex::new(100);
+        let (small, big) = (PodId(1), PodId(2));
+        idx.set_capacity(small, Some(4));
+        let hashes: Vec<u64> = (0..10).collect();
+        idx.record(small, &hashes);
+        idx.record(big, &hashes);
+        assert_eq!(idx.pod_blocks(small), 4, "the small pod keeps only what its cache holds");
+        assert_eq!(idx.pod_blocks(big), 10);
+        // Head-first touch: the tail was evicted, so the prefix still matches on the small pod.
+        assert_eq!(idx.lookup(&hashes).get(small), 4);
+        idx.set_capacity(small, Some(1000));
+        idx.record(small, &hashes);
+        assert_eq!(idx.pod_blocks(small), 10, "never above the index's own bound either way");
     }
 
     #[test]
