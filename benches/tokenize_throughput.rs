@@ -25,7 +25,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// A ~1k-token prompt (Qwen3) that shares no block with any other `id`.
 fn prompt(id: u64) -> String {
-    (0..112).map(|i| format!("Request {id} sentence {i} about blocks. ")).collect()
+    (0..56).map(|i| format!("Request {id} sentence {i} about blocks. ")).collect()
 }
 
 fn router(tok: Arc<HfTokenizer>) -> Router {
