@@ -6,11 +6,10 @@
 
 use criterion::{BenchmarkId, Criterion};
 use hf_chat::HfTokenizer;
-use prefix_index::policy::PrefixParams;
 use prefix_router::discovery::{EndpointSpec, Engine, ModelSpec, Registry};
 use prefix_router::metrics::Metrics;
 use prefix_router::openai::{self, Endpoint};
-use prefix_router::routing::{PolicyKind, Router, RoutingConfig};
+use prefix_router::routing::Router;
 use prefix_router::tokenizer::LocalTokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,17 +25,7 @@ fn router(pods: usize) -> Router {
         })
         .collect();
     registry.publish(vec![ModelSpec { name: "m".into(), tokenizer: None, endpoints }]);
-    let cfg = RoutingConfig {
-        policy: PolicyKind::Prefix,
-        params: PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 },
-        block_size: 16,
-        index_blocks_per_pod: 65_536,
-        fallbacks: 0,
-        max_inflight_per_pod: 0,
-        trust_request_chat_template: false,
-        pending_ttl: std::time::Duration::from_secs(3),
-        receipts: 256,
-    };
+    let cfg = prefix_router::config::Config::default_routing().expect("default flags");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     Router::new(registry, Arc::new(LocalTokenizer::new(4, None)), cfg, metrics)
 }

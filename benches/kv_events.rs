@@ -10,10 +10,10 @@ use prefix_index::{Blocks, EventIndex, HashSeed, Medium, PodId};
 use prefix_router::discovery::{EndpointSpec, Engine, ModelSpec, Registry};
 use prefix_router::kv_events::decode;
 use prefix_router::metrics::Metrics;
-use prefix_router::routing::{PolicyKind, Router, RoutingConfig};
+use prefix_router::routing::Router;
 use rmpv::Value;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn s(x: &str) -> Value {
     Value::from(x)
@@ -92,22 +92,7 @@ fn main() {
             Box::pin(async { Err(prefix_router::tokenizer::TokenizeError::Unavailable) })
         }
     }
-    let cfg = RoutingConfig {
-        policy: PolicyKind::Prefix,
-        params: prefix_index::policy::PrefixParams {
-            prefix_weight: 1.0,
-            load_weight: 1.0,
-            balance_abs: 8,
-            balance_rel: 1.5,
-        },
-        block_size: 16,
-        index_blocks_per_pod: 65_536,
-        fallbacks: 0,
-        max_inflight_per_pod: 0,
-        trust_request_chat_template: false,
-        pending_ttl: Duration::from_secs(3),
-        receipts: 0,
-    };
+    let cfg = prefix_router::config::Config::default_routing().expect("default flags");
     let router = Router::new(registry, Arc::new(NoTokens), cfg, Arc::new(Metrics::new().expect("metrics")));
     let t = Instant::now();
     for p in &payloads {

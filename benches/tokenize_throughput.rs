@@ -8,11 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hf_chat::HfTokenizer;
-use prefix_index::policy::PrefixParams;
 use prefix_router::discovery::{EndpointSpec, Engine, ModelSpec, Registry};
 use prefix_router::metrics::Metrics;
 use prefix_router::openai::{self, Endpoint};
-use prefix_router::routing::{PolicyKind, Router, RoutingConfig};
+use prefix_router::routing::Router;
 use prefix_router::tokenizer::{CpuPool, Limits, LocalTokenizer, PieceCache, TokenCache, Tokenization};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,17 +47,7 @@ fn router(tok: Arc<HfTokenizer>) -> Router {
             metrics: Arc::clone(&metrics),
         });
     let tokenization = Arc::new(Tokenization::new(local, None, cache, Arc::clone(&metrics)));
-    let cfg = RoutingConfig {
-        policy: PolicyKind::Prefix,
-        params: PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 },
-        block_size: 16,
-        index_blocks_per_pod: 65_536,
-        fallbacks: 0,
-        max_inflight_per_pod: 0,
-        trust_request_chat_template: false,
-        pending_ttl: Duration::from_secs(3),
-        receipts: 256,
-    };
+    let cfg = prefix_router::config::Config::default_routing().expect("default flags");
     Router::new(registry, tokenization, cfg, metrics)
 }
 

@@ -270,6 +270,12 @@ impl Config {
         }
     }
 
+    /// The routing parameters of every flag at its default (benches and tools that build a router
+    /// without a command line); `PREFIX_ROUTER_*` variables still apply.
+    pub fn default_routing() -> Result<RoutingConfig, clap::Error> {
+        Self::try_parse_from(["prefix-router", "--endpoints-file", "-"]).map(|c| c.routing())
+    }
+
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 8] = [

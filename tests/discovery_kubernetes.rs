@@ -8,7 +8,7 @@ mod common;
 use common::cluster;
 use common::extproc::{connect, decide, destination};
 use common::kube_api::{pod, KubeApi};
-use common::procs::{self, Proc};
+use common::procs::Proc;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,24 +25,9 @@ fn router_with(kubeconfig: &std::path::Path) -> Proc {
 }
 
 fn router_args(kubeconfig: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--grpc-health-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--kubernetes",
-        "true",
-    ];
+    let mut args = vec!["--kubernetes", "true"];
     args.extend_from_slice(extra);
-    procs::spawn_listening_env(
-        env!("CARGO_BIN_EXE_prefix-router"),
-        &args,
-        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
-    )
+    cluster::router_with(&args, &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))])
 }
 
 async fn endpoints(router: &Proc, model: &str) -> Option<BTreeSet<String>> {

@@ -8,7 +8,7 @@ mod common;
 
 use common::extproc::{connect, decide, destination};
 use common::kube_api::{inference_pool, KubeApi};
-use common::procs::{self, Proc};
+use common::procs::Proc;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -28,22 +28,7 @@ fn pod(name: &str, app: &str, ip: &str) -> Value {
 
 fn router(api: &KubeApi, dir: &std::path::Path, pool: &str) -> Proc {
     let kubeconfig = api.kubeconfig(dir, NS);
-    procs::spawn_listening_env(
-        env!("CARGO_BIN_EXE_prefix-router"),
-        &[
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--grpc-health-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--inference-pool",
-            pool,
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
-    )
+    common::cluster::router_with(&["--inference-pool", pool], &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))])
 }
 
 async fn endpoints(router: &Proc, model: &str) -> Option<BTreeSet<String>> {

@@ -216,6 +216,20 @@ async fn verdict(router: &Proc) -> bool {
     }
 }
 
+/// The token space `/debug/tokenize` reports for a short chat.
+async fn space_of_chat(router: &Proc) -> String {
+    let v: Value = client()
+        .post(format!("{}/debug/tokenize", admin(router)))
+        .json(&chat("sys", "hi"))
+        .send()
+        .await
+        .expect("tokenize")
+        .json()
+        .await
+        .expect("json");
+    v["space"].as_str().unwrap_or_default().to_owned()
+}
+
 fn chat(system: &str, user: &str) -> Value {
     json!({"model": "tiny-chat", "max_tokens": 1,
            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
@@ -257,16 +271,7 @@ async fn a_local_tokenizer_that_agrees_with_the_engine_matches_events_and_one_th
         assert!(started.elapsed() < Duration::from_secs(5), "the pods' cache sizes are known: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let debug = client()
-        .post(format!("{}/debug/tokenize", admin(&r)))
-        .json(&chat("sys", "hi"))
-        .send()
-        .await
-        .expect("tokenize")
-        .json::<Value>()
-        .await
-        .expect("json");
-    assert_eq!(debug["space"], "engine", "verified local tokens are engine tokens: {debug}");
+    assert_eq!(space_of_chat(&r).await, "engine", "verified local tokens are engine tokens");
 
     // Conversations sent straight to two pods (the router never saw them): its next decisions,
     // on local tokens and no remote tokenization, follow the pods' events.
@@ -301,14 +306,5 @@ async fn a_local_tokenizer_that_agrees_with_the_engine_matches_events_and_one_th
     std::fs::write(&cfg_path, cfg.to_string()).expect("write");
     let r2 = router(&with_tokenizer(&file, changed.path()), &["--kv-events=true"]);
     assert!(!verdict(&r2).await, "a different chat template is not the engine's");
-    let debug = client()
-        .post(format!("{}/debug/tokenize", admin(&r2)))
-        .json(&chat("sys", "hi"))
-        .send()
-        .await
-        .expect("tokenize")
-        .json::<Value>()
-        .await
-        .expect("json");
-    assert_eq!(debug["space"], "local", "its tokens keep their own space: {debug}");
+    assert_eq!(space_of_chat(&r2).await, "local", "its tokens keep their own space");
 }

@@ -179,22 +179,17 @@ impl Cluster {
 }
 
 pub(crate) fn router(endpoints: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--grpc-health-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--endpoints-file",
-        endpoints.to_str().expect("utf-8"),
-        "--endpoints-poll",
-        "100ms",
-    ];
+    let mut args = vec!["--endpoints-file", endpoints.to_str().expect("utf-8"), "--endpoints-poll", "100ms"];
     args.extend_from_slice(extra);
-    procs::spawn_listening(env!("CARGO_BIN_EXE_prefix-router"), &args)
+    router_with(&args, &[])
+}
+
+/// The router on loopback, every port chosen by the OS, with `args` (its discovery source and
+/// the rest) and extra environment variables (e.g. `KUBECONFIG`).
+pub(crate) fn router_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut all = vec!["--host", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"];
+    all.extend_from_slice(args);
+    procs::spawn_listening_env(env!("CARGO_BIN_EXE_prefix-router"), &all, env)
 }
 
 pub(crate) fn grpc_addr(router: &Proc) -> SocketAddr {
