@@ -318,6 +318,10 @@ impl Config {
                 )
             }
         }
+        let receipt = self.receipt_header.trim();
+        if !receipt.is_empty() && http::HeaderName::from_bytes(receipt.to_ascii_lowercase().as_bytes()).is_err() {
+            return Err("--receipt-header (PREFIX_ROUTER_RECEIPT_HEADER) must be an HTTP header name".into());
+        }
         if self.grpc_tls_cert_file.is_some() != self.grpc_tls_key_file.is_some() {
             return Err("--grpc-tls-cert-file and --grpc-tls-key-file (PREFIX_ROUTER_GRPC_TLS_CERT_FILE/_KEY_FILE) \
                         go together"
@@ -336,6 +340,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_header_must_be_a_header_name_and_tls_files_come_in_pairs() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["prefix-router", "--endpoints-file", "e.yaml"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).expect("parses").validate()
+        };
+        assert!(parse(&["--receipt-header", "X-Route-Receipt"]).is_ok());
+        let bad = parse(&["--receipt-header", "route receipt"]).expect_err("refused");
+        assert!(bad.contains("--receipt-header"), "{bad}");
+        let half = parse(&["--grpc-tls-cert-file", "tls.crt"]).expect_err("refused");
+        assert!(half.contains("--grpc-tls-key-file"), "{half}");
+        assert_eq!(
+            Config::try_parse_from(["prefix-router", "--endpoints-file", "e.yaml", "--grpc-tls"])
+                .expect("parses")
+                .tls(),
+            crate::tls::TlsSource::SelfSigned
+        );
+    }
 
     #[test]
     fn defaults_follow_the_design_and_bad_values_name_the_setting() {
