@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::cluster::{free_port, grpc_addr, router};
+use common::cluster::{free_port, grpc_addr, router, Envoy};
 use common::procs::{self, Proc};
 use common::{client, fixture_dir, metric};
 use serde_json::json;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn overlay(file: &str) -> serde_yaml::Value {
@@ -142,43 +141,9 @@ static_resources:
     )
 }
 
-struct Gateway {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn gateway(extproc: u16, pods: &[std::net::SocketAddr]) -> Gateway {
+fn gateway(extproc: u16, pods: &[std::net::SocketAddr]) -> Envoy {
     let (port, admin) = (free_port(), free_port());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("envoy.yaml");
-    std::fs::write(&cfg, bootstrap(port, admin, extproc, pods)).expect("write");
-    let child = Command::new(common::cluster::envoy_bin())
-        .args([
-            "-c",
-            cfg.to_str().expect("utf-8"),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("envoy");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "envoy listens");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Gateway { child, port, _dir: dir }
+    Envoy::from_bootstrap(&bootstrap(port, admin, extproc, pods), port, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +166,7 @@ async fn as_envoy_gateway_renders_the_overlay_a_200_kb_chat_is_routed_and_in_fli
     let r = router(&file, &[]);
     let pods: Vec<std::net::SocketAddr> = sims.iter().map(|s| s.addr).collect();
     let gw = gateway(grpc_addr(&r).port(), &pods);
-    let url = format!("http://127.0.0.1:{}/v1/chat/completions", gw.port);
+    let url = gw.url("/v1/chat/completions");
 
     // A 200 KB chat: six times Envoy Gateway's buffer, which a Buffered request body would hit.
     let long: String = (0..6000).map(|i| format!("line {i} of a long pasted document. ")).collect();

@@ -62,16 +62,14 @@ fn admin(router: &Proc) -> String {
     router.line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).expect("admin").to_owned()
 }
 
+/// The router's `/debug/endpoints`.
+async fn debug_endpoints(router: &Proc) -> Value {
+    client().get(format!("{}/debug/endpoints", admin(router))).send().await.expect("get").json().await.expect("json")
+}
+
 /// (trust, event blocks) of the pod on `port`, as the router reports it.
 async fn seen(router: &Proc, port: u16) -> (String, u64) {
-    let v: Value = client()
-        .get(format!("{}/debug/endpoints", admin(router)))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let v = debug_endpoints(router).await;
     let e = v["models"][0]["endpoints"]
         .as_array()
         .expect("endpoints")
@@ -200,14 +198,7 @@ async fn a_pod_that_restarts_empty_loses_its_traffic_to_the_pod_that_still_holds
 async fn verdict(router: &Proc) -> bool {
     let started = Instant::now();
     loop {
-        let v: Value = client()
-            .get(format!("{}/debug/endpoints", admin(router)))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let v = debug_endpoints(router).await;
         if let Some(b) = v["models"][0]["local_tokenizer_engine_equal"].as_bool() {
             return b;
         }
@@ -257,14 +248,7 @@ async fn a_local_tokenizer_that_agrees_with_the_engine_matches_events_and_one_th
     // The pods' cache size, from their vllm:cache_config_info (64 blocks of 16 tokens).
     let started = Instant::now();
     loop {
-        let v: Value = client()
-            .get(format!("{}/debug/endpoints", admin(&r)))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let v = debug_endpoints(&r).await;
         if v["models"][0]["endpoints"].as_array().expect("endpoints").iter().all(|e| e["cache_tokens"] == 1024) {
             break;
         }

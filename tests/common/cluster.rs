@@ -71,6 +71,11 @@ impl Envoy {
         let text = std::fs::read_to_string(&example).expect("example bootstrap");
         let (port, admin) = (free_port(), free_port());
         let text = edit(super::bootstrap::rewrite(&text, port, admin, routers, pods));
+        Self::from_bootstrap(&text, port, admin)
+    }
+
+    /// Envoy on a whole bootstrap whose listener is on `port` and admin on `admin`.
+    pub(crate) fn from_bootstrap(text: &str, port: u16, admin: u16) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(&cfg, text).expect("write bootstrap");
