@@ -107,9 +107,11 @@ pub async fn probe(
                 Probe::Passed => {
                     e.probe_failures.store(0, Ordering::Release);
                     e.restore();
-                    if e.cache_tokens().is_none() && e.engine == super::Engine::Vllm {
-                        if let Some(tokens) = cache_tokens(&http, e.addr).await {
-                            tracing::debug!(pod = %e.addr, tokens, "pod KV cache size");
+                    // Asked once per pod: again only if its /metrics did not answer.
+                    if !e.cache_size_asked() && e.engine == super::Engine::Vllm {
+                        if let Some(metrics) = metrics_text(&http, e.addr).await {
+                            let tokens = cache_tokens_of(&metrics);
+                            tracing::debug!(pod = %e.addr, ?tokens, "pod KV cache size");
                             e.set_cache_tokens(tokens);
                         }
                     }
@@ -125,13 +127,17 @@ pub async fn probe(
     }
 }
 
-/// The tokens a vLLM pod's KV cache holds, from `vllm:cache_config_info` on its `/metrics`
-/// (`num_gpu_blocks` × `block_size`, labels as vLLM renders them: `"2048"`, `"16"`).
-async fn cache_tokens(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<u64> {
-    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
-    cache_tokens_of(&text)
+/// A pod's `/metrics` text, `None` when it did not answer with success.
+async fn metrics_text(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<String> {
+    let res = http.get(format!("http://{addr}/metrics")).send().await.ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    res.text().await.ok()
 }
 
+/// The tokens a vLLM pod's KV cache holds, from `vllm:cache_config_info` (`num_gpu_blocks` ×
+/// `block_size`, labels as vLLM renders them: `"2048"`, `"16"`).
 fn cache_tokens_of(metrics: &str) -> Option<u64> {
     let line = metrics.lines().find(|l| l.starts_with("vllm:cache_config_info{"))?;
     let label = |name: &str| -> Option<u64> {

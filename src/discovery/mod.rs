@@ -103,13 +103,22 @@ impl Endpoint {
 
     /// Tokens the pod's KV cache holds, when it has said.
     pub fn cache_tokens(&self) -> Option<u64> {
-        Some(self.cache_tokens.load(Ordering::Relaxed)).filter(|t| *t > 0)
+        Some(self.cache_tokens.load(Ordering::Relaxed)).filter(|t| *t > 0 && *t != CACHE_NOT_REPORTED)
     }
 
-    pub fn set_cache_tokens(&self, tokens: u64) {
-        self.cache_tokens.store(tokens, Ordering::Relaxed);
+    /// Whether the pod's `/metrics` has answered the question (with a size or without one).
+    pub fn cache_size_asked(&self) -> bool {
+        self.cache_tokens.load(Ordering::Relaxed) != 0
+    }
+
+    /// What the pod's `/metrics` said: its cache in tokens, or `None` when it does not say.
+    pub fn set_cache_tokens(&self, tokens: Option<u64>) {
+        self.cache_tokens.store(tokens.filter(|t| *t > 0).unwrap_or(CACHE_NOT_REPORTED), Ordering::Relaxed);
     }
 }
+
+/// `cache_tokens` of a pod whose `/metrics` answered without `vllm:cache_config_info`.
+const CACHE_NOT_REPORTED: u64 = u64::MAX;
 
 /// Counts one routed request against its pod until dropped (response ended, stream died, or the
 /// safety TTL passed).
@@ -311,6 +320,18 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_pod_s_cache_size_is_asked_once_whether_or_not_it_reports_one() {
+        let reg = Registry::new();
+        reg.publish(vec![spec("m", &["127.0.0.1:1"])]);
+        let e = Arc::clone(&reg.snapshot().models["m"].endpoints[0]);
+        assert!(!e.cache_size_asked() && e.cache_tokens().is_none());
+        e.set_cache_tokens(None);
+        assert!(e.cache_size_asked() && e.cache_tokens().is_none(), "answered without a size: not asked again");
+        e.set_cache_tokens(Some(32_768));
+        assert_eq!(e.cache_tokens(), Some(32_768));
     }
 
     #[test]
