@@ -79,9 +79,9 @@ fn query_terms(expr: &str) -> (Vec<String>, BTreeSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_names_a_scraped_metric_with_the_labels_it_uses() {
     let remote = ["--enable-vllm-remote-tokenizer", "true", "--vllm-tokenizer-endpoint-template", "http://{ip}:{port}"];
-    // Half the sims' /tokenize calls fail, so the fallback panels have data too.
+    // Every /tokenize call fails, so the fallback panels have counted data (not only zeroes).
     let opts =
-        Options { router_args: &remote, sim_args: &["--fault-tokenize-error-rate", "0.5"], ..Options::default() };
+        Options { router_args: &remote, sim_args: &["--fault-tokenize-error-rate", "1.0"], ..Options::default() };
     let cluster = Cluster::start(Mode::FullDuplex, opts);
     let url = cluster.envoy.url("/v1/chat/completions");
     for i in 0..12 {

@@ -148,6 +148,10 @@ async fn conversations_stick_through_envoy_on_engine_templated_tokens() {
     let m = cluster.router_metrics().await;
     assert_eq!(metric_where(&m, "prefix_router_tokenized_requests_total", "space=\"engine\""), 48.0);
     assert_eq!(metric(&m, "prefix_router_tokenize_fallbacks_total"), 0.0);
+    // No failure yet, but each cause is exported at 0: an alert on its rate has a series to read.
+    for cause in ["timeout", "connect_error", "http_error", "bad_response"] {
+        assert!(m.contains(&format!("prefix_router_tokenize_fallbacks_total{{cause=\"{cause}\"}} 0")), "{cause}:\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

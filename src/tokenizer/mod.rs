@@ -96,6 +96,13 @@ impl Tokenization {
         cache: Arc<TokenCache>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
+        if remote.is_some() {
+            // Every cause is exported from the start (at 0), so a fallback panel or alert has a
+            // series before the first failure instead of "no data".
+            for cause in remote::CallError::ALL {
+                metrics.tokenize_fallbacks.with_label_values(&[cause.label()]);
+            }
+        }
         Self { local, remote, cache, metrics, logged: Default::default(), equality: Arc::default() }
     }
 

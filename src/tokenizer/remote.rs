@@ -19,6 +19,8 @@ pub enum CallError {
 }
 
 impl CallError {
+    pub const ALL: [CallError; 4] = [CallError::Timeout, CallError::Connect, CallError::Http, CallError::BadResponse];
+
     pub fn label(self) -> &'static str {
         match self {
             CallError::Timeout => "timeout",
