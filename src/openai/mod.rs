@@ -1,6 +1,8 @@
 //! OpenAI-style request bodies → what routing needs: model, prompt in its original form, and
 //! what separates cache blocks (`cache_salt`). The body itself is passed on untouched.
 
+mod token_ids;
+
 use hf_chat::ChatInput;
 use serde_json::{Map, Value};
 
@@ -75,6 +77,28 @@ struct Body {
 }
 
 pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseError> {
+    if endpoint == Endpoint::Completions {
+        // Token ids are read apart from the rest (≈ 4× faster than through serde); when the rest
+        // is refused, the whole body is parsed again so the error is the ordinary one, position
+        // included.
+        if let Some(split) = token_ids::split(body) {
+            if let Ok(req) = parse_with(endpoint, &split.rest, Some(split.ids)) {
+                return Ok(req);
+            }
+        }
+    }
+    parse_with(endpoint, body, None)
+}
+
+/// The ordinary parse: every field through serde. `parse` gives the same answer for every body
+/// (checked by a property test and the `body_parser` fuzz target).
+#[doc(hidden)]
+pub fn parse_ordinary(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseError> {
+    parse_with(endpoint, body, None)
+}
+
+/// `ids`: the prompt's token ids, read apart; the body's `prompt` is then `null`.
+fn parse_with(endpoint: Endpoint, body: &[u8], ids: Option<Vec<u32>>) -> Result<InferenceRequest, ParseError> {
     use serde_json::error::Category;
     let b: Body = serde_json::from_slice(body).map_err(|e| match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => ParseError::InvalidJson(e.to_string()),
@@ -98,7 +122,13 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<InferenceRequest, ParseE
         Some(_) => return Err(ParseError::Invalid("'stream' must be a boolean".into())),
     };
     let kind = match endpoint {
-        Endpoint::Completions => Kind::Completion(prompt(b.prompt)?),
+        Endpoint::Completions => {
+            let field = match ids {
+                Some(ids) => Some(PromptField(Some(Prompt::Ids(ids)))),
+                None => b.prompt,
+            };
+            Kind::Completion(prompt(field)?)
+        }
         Endpoint::ChatCompletions => {
             let mut obj = Map::new();
             let fields = [
