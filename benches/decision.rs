@@ -1,7 +1,8 @@
 //! The decision path without the network: parse + hash + lookup + pick (+ index record and guard),
 //! for 1k/8k/32k-token prompts over 8 and 64 pods, on a warm index; local tokenization measured
 //! separately. `cargo bench --bench decision` prints criterion's estimates, then a p50/p99 table
-//! from 2,000 timed decisions per case (criterion reports means, the target is a p99).
+//! from 2,000 timed decisions per case (criterion reports means, the target is a p99), beside the
+//! same decisions parsed the ordinary way (serde for every field, token ids included).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{BenchmarkId, Criterion};
@@ -14,6 +15,10 @@ use prefix_router::tokenizer::LocalTokenizer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The allocator the router ships with (src/bin/prefix-router.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn router(pods: usize) -> Router {
     let registry = Arc::new(Registry::new());
@@ -46,8 +51,10 @@ fn warm(r: &Router, rt: &tokio::runtime::Runtime, tokens: usize, pods: usize) {
     }
 }
 
-fn decide(r: &Router, rt: &tokio::runtime::Runtime, body: &[u8]) {
-    let req = openai::parse(Endpoint::Completions, body).expect("parses");
+type Parse = fn(Endpoint, &[u8]) -> Result<openai::InferenceRequest, openai::ParseError>;
+
+fn decide(r: &Router, rt: &tokio::runtime::Runtime, body: &[u8], parse: Parse) {
+    let req = parse(Endpoint::Completions, body).expect("parses");
     let d = rt.block_on(r.route(&req)).expect("routed");
     std::hint::black_box(d.destination());
 }
@@ -66,17 +73,21 @@ fn main() {
             group.bench_with_input(
                 BenchmarkId::new(format!("{tokens}tok"), format!("{pods}pods")),
                 &probe,
-                |b, probe| b.iter(|| decide(&r, &rt, probe)),
+                |b, probe| b.iter(|| decide(&r, &rt, probe, openai::parse)),
             );
-            let mut times: Vec<Duration> = (0..2000)
-                .map(|_| {
+            // The same decisions with the ordinary (all-serde) parse, interleaved so both see the
+            // same machine.
+            let (mut fast, mut ordinary) = (Vec::new(), Vec::new());
+            for _ in 0..2000 {
+                for (parse, times) in [(openai::parse as Parse, &mut fast), (openai::parse_ordinary, &mut ordinary)] {
                     let t = Instant::now();
-                    decide(&r, &rt, &probe);
-                    t.elapsed()
-                })
-                .collect();
-            times.sort();
-            table.push((tokens, pods, times[1000], times[1980]));
+                    decide(&r, &rt, &probe, parse);
+                    times.push(t.elapsed());
+                }
+            }
+            fast.sort();
+            ordinary.sort();
+            table.push((tokens, pods, fast[1000], fast[1980], ordinary[1980]));
         }
         group.finish();
     }
@@ -105,10 +116,11 @@ fn main() {
         }
         group.finish();
     }
-    println!("\n| prompt tokens | pods | decision p50 | decision p99 |");
-    println!("|---:|---:|---:|---:|");
-    for (tokens, pods, p50, p99) in table {
-        println!("| {tokens} | {pods} | {:.1} µs | {:.1} µs |", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    println!("\n| prompt tokens | pods | decision p50 | decision p99 | p99 with the ordinary parse |");
+    println!("|---:|---:|---:|---:|---:|");
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for (tokens, pods, p50, p99, ordinary) in table {
+        println!("| {tokens} | {pods} | {:.1} µs | {:.1} µs | {:.1} µs |", us(p50), us(p99), us(ordinary));
     }
     println!("\n| prompt tokens | local tokenization (mean of 20) |");
     println!("|---:|---:|");

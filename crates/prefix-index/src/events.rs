@@ -5,7 +5,7 @@
 
 use crate::hash::{extend_hashes, HashSeed};
 use crate::index::{Matches, PodId};
-use std::collections::HashMap;
+use crate::Map as HashMap;
 
 /// Where a block lives on the pod. Blocks offloaded off the GPU count for less: reloading them
 /// is cheaper than recomputing, dearer than a GPU hit.

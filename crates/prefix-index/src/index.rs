@@ -2,8 +2,8 @@
 //! `blocks_per_pod` entries and forgets its least recently used block first, approximating the
 //! pod's own KV-cache eviction.
 
+use crate::Map as HashMap;
 use lru::LruCache;
-use std::collections::HashMap;
 
 /// A pod as the index knows it: a small id handed out by discovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,10 +36,10 @@ pub struct PrefixIndex {
 impl PrefixIndex {
     pub fn new(blocks_per_pod: usize) -> Self {
         Self {
-            blocks: HashMap::new(),
-            pods: HashMap::new(),
+            blocks: HashMap::default(),
+            pods: HashMap::default(),
             blocks_per_pod: blocks_per_pod.max(1),
-            capacity: HashMap::new(),
+            capacity: HashMap::default(),
         }
     }
 

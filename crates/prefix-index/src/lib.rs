@@ -11,3 +11,7 @@ pub mod policy;
 pub use events::{Blocks, Change, EventIndex, Medium};
 pub use hash::{block_hashes, extend_hashes, HashSeed};
 pub use index::{Matches, PodId, PrefixIndex};
+
+/// The maps keyed by block hashes and pods: a fast hasher (thousands of lookups a decision),
+/// seeded per map so crafted prompts cannot aim at its buckets.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
