@@ -33,15 +33,25 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, seed: HashSeed) -> Vec<u6
 /// The chain continued from a parent block's hash (`seed.value()` for a sequence's first block).
 pub fn extend_hashes(parent: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
     let mut parent = parent;
-    let mut buf = Vec::with_capacity(block_size.min(tokens.len()).saturating_mul(4));
+    let block_size = block_size.max(1);
+    // Blocks of up to 64 tokens (vLLM's sizes: 16 by default, at most 32 on CUDA) are laid out on
+    // the stack; larger ones in a buffer.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let bytes: &mut [u8] = match stack.get_mut(..block_size * 4) {
+        Some(b) => b,
+        None => {
+            heap.resize(block_size * 4, 0);
+            &mut heap
+        }
+    };
     tokens
-        .chunks_exact(block_size.max(1))
+        .chunks_exact(block_size)
         .map(|block| {
-            buf.clear();
-            for t in block {
-                buf.extend_from_slice(&t.to_le_bytes());
+            for (out, t) in bytes.chunks_exact_mut(4).zip(block) {
+                out.copy_from_slice(&t.to_le_bytes());
             }
-            parent = xxh3_64_with_seed(&buf, parent);
+            parent = xxh3_64_with_seed(bytes, parent);
             parent
         })
         .collect()
