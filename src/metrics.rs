@@ -10,12 +10,44 @@ use std::sync::Arc;
 const MICROS: &[f64] =
     &[5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 1e6, 1e7];
 
+/// The phases of a decision `prefix_router_phase_duration_microseconds` is labelled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Parse,
+    Tokenize,
+    /// Waiting for and running on the tokenizer's CPU pool.
+    TokenizePool,
+    Hash,
+    Lookup,
+    Pick,
+    Total,
+}
+
+impl Phase {
+    const ALL: [Phase; 7] =
+        [Phase::Parse, Phase::Tokenize, Phase::TokenizePool, Phase::Hash, Phase::Lookup, Phase::Pick, Phase::Total];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Parse => "parse",
+            Phase::Tokenize => "tokenize",
+            Phase::TokenizePool => "tokenize_pool",
+            Phase::Hash => "hash",
+            Phase::Lookup => "lookup",
+            Phase::Pick => "pick",
+            Phase::Total => "total",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Routing decisions by model and outcome (prefix_hit, miss, load_override, load_only, baseline).
     pub decisions: IntCounterVec,
     /// Time in each phase of a decision: parse, tokenize, hash, lookup, pick, total.
     pub phase_us: HistogramVec,
+    /// `phase_us`'s series, resolved once: a decision observes five of them.
+    phases: [prometheus::Histogram; Phase::ALL.len()],
     /// Matched prefix blocks / prompt blocks of the chosen pod, per model.
     pub matched_ratio: HistogramVec,
     /// Requests answered by the router itself, by HTTP status.
@@ -156,10 +188,12 @@ impl Metrics {
         ] {
             registry.register(c.boxed())?;
         }
+        let phases = Phase::ALL.map(|p| phase_us.with_label_values(&[p.label()]));
         Ok(Self {
             registry,
             decisions,
             phase_us,
+            phases,
             matched_ratio,
             rejections,
             tokenized,
@@ -178,8 +212,8 @@ impl Metrics {
         })
     }
 
-    pub fn observe_phase(&self, phase: &str, elapsed: std::time::Duration) {
-        self.phase_us.with_label_values(&[phase]).observe(elapsed.as_secs_f64() * 1e6);
+    pub fn observe_phase(&self, phase: Phase, elapsed: std::time::Duration) {
+        self.phases[phase as usize].observe(elapsed.as_secs_f64() * 1e6);
     }
 
     pub fn render(&self) -> String {

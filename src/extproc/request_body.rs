@@ -54,7 +54,7 @@ async fn finish(st: &mut StreamState, body_ended: bool) -> Vec<ProcessingRespons
     let started = Instant::now();
     let endpoint = openai::endpoint_of(&st.path);
     let parsed = openai::parse(endpoint, &st.body);
-    st.ctx.metrics.observe_phase("parse", started.elapsed());
+    st.ctx.metrics.observe_phase(crate::metrics::Phase::Parse, started.elapsed());
     let routed = match (endpoint, parsed) {
         (_, Ok(req)) => st.ctx.router.route_within(&req, st.subset.as_deref()).await.map_err(Reject::from),
         // Other paths without a usable model still go somewhere on load.

@@ -151,7 +151,7 @@ impl Router {
                 Err(TokenizeError::Rejected(m)) => return Err(RouteError::InvalidRequest(m)),
                 Err(_) => None,
             };
-            self.metrics.observe_phase("tokenize", t.elapsed());
+            self.metrics.observe_phase(crate::metrics::Phase::Tokenize, t.elapsed());
             let t = Instant::now();
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
                 space = tokens.space.label();
@@ -160,7 +160,7 @@ impl Router {
                 matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
             });
-            self.metrics.observe_phase("hash", t.elapsed());
+            self.metrics.observe_phase(crate::metrics::Phase::Hash, t.elapsed());
             hashes
         };
         // vLLM always computes a prompt's last token, so a block-aligned prompt's last block is
@@ -198,7 +198,7 @@ impl Router {
                 })
                 .collect()
         };
-        self.metrics.observe_phase("lookup", t.elapsed());
+        self.metrics.observe_phase(crate::metrics::Phase::Lookup, t.elapsed());
 
         let t = Instant::now();
         // Rendezvous placement keeps replicas without shared state in agreement. When every pod's
@@ -208,7 +208,7 @@ impl Router {
         let placement = if all_exact { None } else { hashes.first().copied() };
         let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
         let pick = state.policy.pick(&facts, &request_facts);
-        self.metrics.observe_phase("pick", t.elapsed());
+        self.metrics.observe_phase(crate::metrics::Phase::Pick, t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         };
@@ -236,7 +236,7 @@ impl Router {
             }
         }
         self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
-        self.metrics.observe_phase("total", started.elapsed());
+        self.metrics.observe_phase(crate::metrics::Phase::Total, started.elapsed());
         let receipt = self.receipts.enabled().then(|| {
             let mut listed: Vec<usize> = order.iter().copied().take(receipt::LISTED).collect();
             if !listed.contains(&chosen) {

@@ -248,7 +248,7 @@ impl Tokenize for LocalTokenizer {
             };
             let started = std::time::Instant::now();
             let out = limits.cpu.run(job).await;
-            limits.metrics.observe_phase("tokenize_pool", started.elapsed());
+            limits.metrics.observe_phase(crate::metrics::Phase::TokenizePool, started.elapsed());
             match out {
                 Ok(tokens) => tokens,
                 Err(super::PoolFull) => {
