@@ -48,6 +48,7 @@ enum Policy {
     RoundRobin,
     LeastLoad,
     PrefixLocal,
+    PrefixBounded,
     PrefixRemote,
     PrefixEvents,
     VllmRouter,
@@ -56,11 +57,12 @@ enum Policy {
 }
 
 impl Policy {
-    const ALL: [Policy; 9] = [
+    const ALL: [Policy; 10] = [
         Policy::Random,
         Policy::RoundRobin,
         Policy::LeastLoad,
         Policy::PrefixLocal,
+        Policy::PrefixBounded,
         Policy::PrefixRemote,
         Policy::PrefixEvents,
         Policy::VllmRouter,
@@ -73,6 +75,7 @@ impl Policy {
             Policy::RoundRobin => "round-robin",
             Policy::LeastLoad => "least-load",
             Policy::PrefixLocal => "prefix-router (local tokens)",
+            Policy::PrefixBounded => "prefix-router (local tokens, footprint bound 1.25)",
             Policy::PrefixRemote => "prefix-router (remote tokens)",
             Policy::PrefixEvents => "prefix-router (KV events)",
             Policy::VllmRouter => "vllm-router 0.1.17 (cache_aware)",
@@ -112,6 +115,7 @@ impl Policy {
             Policy::RoundRobin => vec!["--policy", "round-robin"],
             Policy::LeastLoad => vec!["--policy", "least-load"],
             Policy::PrefixLocal => vec!["--policy", "prefix"],
+            Policy::PrefixBounded => vec!["--policy", "prefix", "--footprint-bound", "1.25"],
             Policy::PrefixRemote => [&["--policy", "prefix"][..], REMOTE_TOKENS].concat(),
             Policy::PrefixEvents => [&["--policy", "prefix", "--kv-events=true"][..], REMOTE_TOKENS].concat(),
             Policy::VllmRouter | Policy::SglangRouter | Policy::Oracle => vec![],
@@ -599,7 +603,11 @@ fn verdict(rows: &[Row]) -> String {
     let best_out = peers.iter().min_by(|a, b| a.outside_ms.total_cmp(&b.outside_ms));
     let mut versus = String::new();
     if let (Some(h), Some(p), Some(o)) = (best_hit, best_p90, best_out) {
-        for ours in ["prefix-router (local tokens)", "prefix-router (KV events)"] {
+        for ours in [
+            "prefix-router (local tokens)",
+            "prefix-router (local tokens, footprint bound 1.25)",
+            "prefix-router (KV events)",
+        ] {
             let Some(r) = get(ours) else { continue };
             versus.push_str(&format!(
                 "{ours} vs the best peer: hit rate {:.2}× {}'s, TTFT p90 {:.2}× {}'s, outside the engine {:.1} ms vs {:.1} ms ({}).\n",
@@ -752,7 +760,9 @@ async fn main() {
          (`examples/envoy-buffered.yaml`: request body BUFFERED, response body NONE, the router's defaults) per \
          policy, all fresh for every row, all on the same machine. The peers vllm-router 0.1.17 and sglang-router \
          0.3.2 (PyPI, `benches/peers.sh`) run their `cache_aware` policy with the router's balance guard (8 / 1.5×) \
-         as HTTP proxies the client talks to (one per replica, requests spread round robin). Requests stream with \
+         as HTTP proxies the client talks to (one per replica, requests spread round robin). The footprint-bound \
+         row is the router with `--footprint-bound 1.25` (off by default): new prompts skip pods caching far more \
+         than the mean. Requests stream with \
          `include_usage`; TTFT is the first SSE chunk at the client. Open loop with a cap of {CONCURRENCY} requests in flight. \
          Hit rate (usage) is token-weighted `cached_tokens / prompt_tokens`; hit rate (sims) is \
          `vllm:prefix_cache_hits_total / queries_total`. The oracle asks every sim what it holds or is computing \

@@ -163,6 +163,10 @@ pub struct Config {
     /// …that is also this many times as loaded.
     #[arg(long, env = "PREFIX_ROUTER_BALANCE_REL_THRESHOLD", default_value_t = 1.5)]
     pub balance_rel_threshold: f64,
+    /// A prompt no pod holds is not placed on a pod known to cache more than this many times the
+    /// mean: new conversations spread evenly. For one replica without KV events; 0 = off.
+    #[arg(long, env = "PREFIX_ROUTER_FOOTPRINT_BOUND", default_value_t = 0.0)]
+    pub footprint_bound: f64,
     /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
     #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
     pub max_inflight_per_pod: u64,
@@ -250,6 +254,7 @@ impl Config {
                 load_weight: self.load_weight,
                 balance_abs: self.balance_abs_threshold,
                 balance_rel: self.balance_rel_threshold,
+                footprint_bound: self.footprint_bound,
             },
             block_size: self.block_size,
             index_blocks_per_pod: self.index_blocks_per_pod,
@@ -278,7 +283,7 @@ impl Config {
 
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 9] = [
             (self.block_size > 0, "--block-size (PREFIX_ROUTER_BLOCK_SIZE) must be > 0"),
             (self.index_blocks_per_pod > 0, "--index-blocks-per-pod (PREFIX_ROUTER_INDEX_BLOCKS_PER_POD) must be > 0"),
             (
@@ -297,6 +302,10 @@ impl Config {
             (
                 self.balance_rel_threshold >= 1.0,
                 "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1",
+            ),
+            (
+                self.footprint_bound == 0.0 || (self.footprint_bound >= 1.0 && self.footprint_bound.is_finite()),
+                "--footprint-bound (PREFIX_ROUTER_FOOTPRINT_BOUND) must be 0 (off) or ≥ 1",
             ),
             (
                 http::HeaderName::from_bytes(self.destination_header.as_bytes()).is_ok()
