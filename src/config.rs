@@ -383,6 +383,16 @@ mod tests {
         let c =
             Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--block-size", "0"]).expect("parses");
         assert!(c.validate().expect_err("invalid").contains("--block-size"));
+        for (bound, valid) in
+            [("0", true), ("1.25", true), ("0.5", false), ("-1", false), ("inf", false), ("NaN", false)]
+        {
+            let arg = format!("--footprint-bound={bound}");
+            let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", &arg]).expect("parses");
+            match c.validate() {
+                Ok(()) => assert!(valid, "{bound} accepted"),
+                Err(e) => assert!(!valid && e.contains("--footprint-bound"), "{bound}: {e}"),
+            }
+        }
         let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "1h30m"])
             .expect("parses");
         assert_eq!(c.inflight_ttl, Duration::from_secs(5400));

@@ -3,6 +3,7 @@
 
 use crate::discovery::health::Ejection;
 use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
+use crate::metrics::Phase;
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
 use crate::tokenizer::{Tokenize, TokenizeError};
@@ -151,7 +152,7 @@ impl Router {
                 Err(TokenizeError::Rejected(m)) => return Err(RouteError::InvalidRequest(m)),
                 Err(_) => None,
             };
-            self.metrics.observe_phase(crate::metrics::Phase::Tokenize, t.elapsed());
+            self.metrics.observe_phase(Phase::Tokenize, t.elapsed());
             let t = Instant::now();
             let hashes = tokens.map_or_else(Vec::new, |tokens| {
                 space = tokens.space.label();
@@ -160,7 +161,7 @@ impl Router {
                 matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
                 block_hashes(&tokens.ids, self.cfg.block_size, seed)
             });
-            self.metrics.observe_phase(crate::metrics::Phase::Hash, t.elapsed());
+            self.metrics.observe_phase(Phase::Hash, t.elapsed());
             hashes
         };
         // vLLM always computes a prompt's last token, so a block-aligned prompt's last block is
@@ -198,7 +199,7 @@ impl Router {
                 })
                 .collect()
         };
-        self.metrics.observe_phase(crate::metrics::Phase::Lookup, t.elapsed());
+        self.metrics.observe_phase(Phase::Lookup, t.elapsed());
 
         let t = Instant::now();
         // Rendezvous placement keeps replicas without shared state in agreement. When every pod's
@@ -208,7 +209,7 @@ impl Router {
         let placement = if all_exact { None } else { hashes.first().copied() };
         let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
         let pick = state.policy.pick(&facts, &request_facts);
-        self.metrics.observe_phase(crate::metrics::Phase::Pick, t.elapsed());
+        self.metrics.observe_phase(Phase::Pick, t.elapsed());
         let Pick::Chosen { order, outcome } = pick else {
             return Err(RouteError::NoReadyEndpoint(req.model.clone()));
         };
@@ -236,7 +237,7 @@ impl Router {
             }
         }
         self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
-        self.metrics.observe_phase(crate::metrics::Phase::Total, started.elapsed());
+        self.metrics.observe_phase(Phase::Total, started.elapsed());
         let receipt = self.receipts.enabled().then(|| {
             let mut listed: Vec<usize> = order.iter().copied().take(receipt::LISTED).collect();
             if !listed.contains(&chosen) {
