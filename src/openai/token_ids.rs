@@ -1,10 +1,10 @@
 //! The fast path for the one large thing a completion body carries: `prompt` as a JSON array of
 //! token ids. The object's top level is walked (other values skipped, not decoded) to find
 //! `"prompt"`; when its value is an array of plain non-negative integers that fit `u32`, the ids
-//! are read up to eight digits at a time, and the rest of the body goes to the ordinary parse with
-//! that array replaced by `null`. Anything else — another shape, a number serde would refuse or
-//! read differently, a body this walk does not follow — gives `None`, and the ordinary parse of
-//! the whole body decides, with its own error messages.
+//! are read eight bytes at a time (up to seven digits at once), and the rest of the body goes to
+//! the ordinary parse with that array replaced by `null`. Anything else — another shape, a number
+//! serde would refuse or read differently, a body this walk does not follow — gives `None`, and
+//! the ordinary parse of the whole body decides, with its own error messages.
 //!
 //! Why the split is sound: the bytes before the array are the same in both bodies, so the
 //! ordinary parse sees (and checks) exactly what this walk saw up to the array, and everything
