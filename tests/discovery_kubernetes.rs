@@ -207,15 +207,8 @@ async fn not_ready_until_the_first_full_sync() {
 
 /// (token space, tokens) the router would route this completion on.
 async fn tokens_for(router: &Proc, model: &str) -> (String, serde_json::Value) {
-    let v: serde_json::Value = common::client()
-        .post(router.url("/debug/tokenize?path=/v1/completions"))
-        .json(&serde_json::json!({"model": model, "prompt": "Hello world"}))
-        .send()
-        .await
-        .expect("tokenize")
-        .json()
-        .await
-        .expect("json");
+    let url = router.url("/debug/tokenize?path=/v1/completions");
+    let v = common::post_json(&url, &serde_json::json!({"model": model, "prompt": "Hello world"})).await;
     (v["space"].as_str().unwrap_or("").to_owned(), v["tokens"].clone())
 }
 

@@ -209,15 +209,7 @@ async fn verdict(router: &Proc) -> bool {
 
 /// The token space `/debug/tokenize` reports for a short chat.
 async fn space_of_chat(router: &Proc) -> String {
-    let v: Value = client()
-        .post(format!("{}/debug/tokenize", admin(router)))
-        .json(&chat("sys", "hi"))
-        .send()
-        .await
-        .expect("tokenize")
-        .json()
-        .await
-        .expect("json");
+    let v = common::post_json(&format!("{}/debug/tokenize", admin(router)), &chat("sys", "hi")).await;
     v["space"].as_str().unwrap_or_default().to_owned()
 }
 

@@ -15,15 +15,7 @@ async fn metrics(sim: &procs::Proc) -> String {
 /// Exactly `n` real token ids from text, so block arithmetic is exact.
 async fn prompt_ids(sim: &procs::Proc, topic: &str, n: usize) -> Vec<u64> {
     let text: String = (0..n).map(|i| format!("{topic} sentence {i} about caching. ")).collect();
-    let body: Value = client()
-        .post(sim.url("/tokenize"))
-        .json(&json!({"prompt": text}))
-        .send()
-        .await
-        .expect("tokenize")
-        .json()
-        .await
-        .expect("json");
+    let body = common::post_json(&sim.url("/tokenize"), &json!({"prompt": text})).await;
     let ids: Vec<u64> = serde_json::from_value(body["tokens"].clone()).expect("ids");
     assert!(ids.len() >= n);
     ids[..n].to_vec()

@@ -38,3 +38,8 @@ pub(crate) fn metric_where(text: &str, name: &str, label_fragment: &str) -> f64 
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
+
+/// POSTs `body` as JSON to `url` and returns the JSON answer.
+pub(crate) async fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
+    client().post(url).json(body).send().await.expect("request").json().await.expect("JSON answer")
+}
