@@ -1,7 +1,8 @@
 //! The decision path without the network: parse + hash + lookup + pick (+ index record and guard),
-//! for 1k/8k/32k-token prompts over 8 and 64 pods, on a warm index; local tokenization measured
-//! separately. `cargo bench --bench decision` prints criterion's estimates, then a p50/p99 table
-//! from 2,000 timed decisions per case (criterion reports means, the target is a p99), beside the
+//! for 1k/8k/32k-token prompts over 8 and 64 pods, on a warm index; local tokenization and the
+//! body parse alone (the token-id reader and the ordinary parse) measured separately.
+//! `cargo bench --bench decision` prints criterion's estimates, then a p50/p99 table from 2,000
+//! timed decisions per case (criterion reports means, the target is a p99), beside the
 //! same decisions parsed the ordinary way (serde for every field, token ids included).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -88,6 +89,20 @@ fn main() {
             fast.sort();
             ordinary.sort();
             table.push((tokens, pods, fast[1000], fast[1980], ordinary[1980]));
+        }
+        group.finish();
+    }
+
+    // The body parse alone: the token-id reader against the ordinary (all-serde) parse.
+    {
+        let mut group = c.benchmark_group("parse");
+        for tokens in [1024usize, 8192, 32768] {
+            let probe = body(tokens, 3, 999_999);
+            for (name, parse) in [("token_id_reader", openai::parse as Parse), ("ordinary", openai::parse_ordinary)] {
+                group.bench_with_input(BenchmarkId::new(name, format!("{tokens}tok")), &probe, |b, probe| {
+                    b.iter(|| std::hint::black_box(parse(Endpoint::Completions, probe).map(|r| r.stream)));
+                });
+            }
         }
         group.finish();
     }
