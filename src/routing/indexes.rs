@@ -71,16 +71,20 @@ impl Indexes {
         }
     }
 
-    /// A decision: the pod will hold these blocks (history, and pending until reported). The
-    /// history remembers for the pod no more than `capacity` blocks, when its real cache is known.
-    pub(super) fn record(&mut self, pod: PodId, hashes: &[u64], capacity: Option<usize>) {
+    /// A decision: the pod will hold these blocks (history, and — for a pod whose events are
+    /// trusted, the only pods that view serves — pending until reported). The history remembers
+    /// for the pod no more than `capacity` blocks, when its real cache is known.
+    pub(super) fn record(&mut self, pod: PodId, hashes: &[u64], capacity: Option<usize>, trust: Trust) {
         self.history.set_capacity(pod, capacity);
+        self.history.record(pod, hashes);
+        if trust != Trust::Exact {
+            return;
+        }
         if self.rotated.elapsed() >= self.pending_ttl {
             let [newer, older] = &mut self.recent;
             *older = std::mem::replace(newer, PrefixIndex::new(self.history.blocks_per_pod()));
             self.rotated = Instant::now();
         }
-        self.history.record(pod, hashes);
         self.recent[0].record(pod, hashes);
     }
 
@@ -157,5 +161,25 @@ impl Indexes {
     /// Blocks the pod reports holding.
     pub(super) fn event_blocks(&self, pod: PodId) -> usize {
         self.events.pod_blocks(pod)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pods_with_trusted_events_keep_a_pending_view() {
+        let mut idx = Indexes::new(100, Duration::from_secs(60));
+        let (history, exact) = (PodId(1), PodId(2));
+        idx.record(history, &[1, 2, 3], None, Trust::History);
+        idx.record(exact, &[1, 2], None, Trust::Exact);
+        assert_eq!((idx.recent[0].pod_blocks(history), idx.recent[0].pod_blocks(exact)), (0, 2));
+        // Both are in the history, which serves pods without trusted events.
+        let m = idx.lookup(&[1, 2, 3], true);
+        assert_eq!((m.matched(history, Trust::History), m.matched(exact, Trust::History)), (3, 2));
+        // An exact pod is credited what it was sent and has not reported yet.
+        assert_eq!(m.matched(exact, Trust::Exact), 2);
+        assert_eq!(m.matched(history, Trust::Exact), 0);
     }
 }

@@ -228,7 +228,7 @@ impl Router {
             // this lock after publishing, so either it sees our record or we see its snapshot.
             if self.registry.is_live(&model.name, candidates[chosen].id) {
                 let capacity = self.capacity_blocks(candidates[chosen]);
-                index.record(candidates[chosen].id, &hashes, capacity);
+                index.record(candidates[chosen].id, &hashes, capacity, candidates[chosen].trust());
             }
             drop(index);
             if !lookup.is_empty() {
@@ -289,7 +289,7 @@ impl Router {
             let state = self.model_state(&primary.model);
             let mut index = state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.registry.is_live(&primary.model, pod.id) {
-                index.record(pod.id, &d.hashes, self.capacity_blocks(pod));
+                index.record(pod.id, &d.hashes, self.capacity_blocks(pod), pod.trust());
             }
         }
         d.guard = InflightGuard::new(Arc::clone(pod));
