@@ -196,6 +196,15 @@ mod tests {
     }
 
     #[test]
+    fn every_separator_style_reads_the_same_ids() {
+        let want: Vec<u32> = (0..40u32).map(|i| i.pow(3) * 7 % 2_000_000).collect();
+        for sep in [",", ", ", ",  ", " , ", ",\n\t", "\n,"] {
+            let list = want.iter().map(u32::to_string).collect::<Vec<_>>().join(sep);
+            assert_eq!(ids(&format!(r#"{{"prompt":[{list}],"max_tokens":4}}"#)), Some(want.clone()), "{sep:?}");
+        }
+    }
+
+    #[test]
     fn the_array_is_cut_out_and_the_rest_kept() {
         let s = split(br#" { "model" : "m", "x": {"prompt": [9]}, "prompt" : [ 1 , 2,3 ] , "n": 1 }"#).expect("split");
         assert_eq!(s.ids, [1, 2, 3]);
@@ -224,6 +233,11 @@ mod tests {
             r#"{"prompt":[1,1234567x]}"#,
             r#"{"prompt":[1,12345678901]}"#,
             r#"{"prompt":[1,,2]}"#,
+            r#"{"prompt":[1, ,2]}"#,
+            r#"{"prompt":[1,2,]}"#,
+            r#"{"prompt":[ ,1]}"#,
+            r#"{"prompt":[12,0123]}"#,
+            r#"{"prompt":[12,1.5,3]}"#,
             r#"{"a":"\"prompt\":[1]"}"#,
             r#"{"model":"m"}"#,
             r#"["prompt",[1]]"#,
