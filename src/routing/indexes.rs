@@ -77,15 +77,16 @@ impl Indexes {
     pub(super) fn record(&mut self, pod: PodId, hashes: &[u64], capacity: Option<usize>, trust: Trust) {
         self.history.set_capacity(pod, capacity);
         self.history.record(pod, hashes);
-        if trust != Trust::Exact {
-            return;
-        }
+        // Every decision ages the pending view, wherever it went, so an exact pod's entries expire
+        // while traffic goes elsewhere.
         if self.rotated.elapsed() >= self.pending_ttl {
             let [newer, older] = &mut self.recent;
             *older = std::mem::replace(newer, PrefixIndex::new(self.history.blocks_per_pod()));
             self.rotated = Instant::now();
         }
-        self.recent[0].record(pod, hashes);
+        if trust == Trust::Exact {
+            self.recent[0].record(pod, hashes);
+        }
     }
 
     /// Blocks attributed to a pod by the view its trust allows.
@@ -181,5 +182,18 @@ mod tests {
         // An exact pod is credited what it was sent and has not reported yet.
         assert_eq!(m.matched(exact, Trust::Exact), 2);
         assert_eq!(m.matched(history, Trust::Exact), 0);
+    }
+
+    #[test]
+    fn decisions_for_history_pods_still_age_the_pending_view() {
+        let mut idx = Indexes::new(100, Duration::from_millis(20));
+        let (history, exact) = (PodId(1), PodId(2));
+        idx.record(exact, &[1, 2], None, Trust::Exact);
+        // Two pending periods of traffic that goes elsewhere: the exact pod's entries expire.
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(25));
+            idx.record(history, &[7], None, Trust::History);
+        }
+        assert_eq!(idx.lookup(&[1, 2], true).matched(exact, Trust::Exact), 0);
     }
 }
