@@ -200,12 +200,17 @@ async fn main() {
     let short = Arc::new(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "What is a KV cache, briefly?"}], "max_tokens": 1}).to_string());
     let long_text: String = (0..110).map(|i| format!("Sentence {i} explains why blocks are reused. ")).collect();
     let long = Arc::new(serde_json::json!({"model": "m", "prompt": long_text, "max_tokens": 1}).to_string());
+    // A trace-replay-sized body: token ids (no tokenization anywhere), ≈ 55 KB of JSON.
+    let ids: Vec<u32> = (0..8192u32).map(|i| i.wrapping_mul(2_654_435_761) % 150_000).collect();
+    let ids = Arc::new(serde_json::json!({"model": "m", "prompt": ids, "max_tokens": 1}).to_string());
     let direct = format!("http://127.0.0.1:{p_direct}");
     println!("rate {rate} req/s, {rounds} rounds × {secs} s per path and request (paths interleaved each round); 2 cores shared by client, Envoys, router, sim\n");
     let mut added = Vec::new();
-    for (name, body, path) in
-        [("chat, ~20 tokens", &short, "/v1/chat/completions"), ("completion, ~1.1k tokens", &long, "/v1/completions")]
-    {
+    for (name, body, path) in [
+        ("chat, ~20 tokens", &short, "/v1/chat/completions"),
+        ("completion, ~1.1k tokens", &long, "/v1/completions"),
+        ("completion, 8k token ids", &ids, "/v1/completions"),
+    ] {
         // Warm every path (connections, caches of the sim's tokenizer, Envoy clusters).
         let _ = fixed_rate(&client, &format!("{direct}{path}"), body, 50, 1).await;
         for u in &routed_urls {
