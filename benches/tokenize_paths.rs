@@ -3,7 +3,8 @@
 //! Rows: {local, remote} × {~1k, ~8k tokens} × {cache cold: every prompt new, warm: repeated}.
 //! Then: on multi-turn chats, how many tokens a turn shares with the previous turn — what a
 //! prefix-aware tokenization cache could skip, which the exact cache cannot — and what the local
-//! tokenizer's piece cache (chat pieces between the template's added tokens) saves on those turns.
+//! tokenizer's piece cache (pieces between the template's added tokens) saves on those turns, for
+//! chats and for the same turns sent as completion prompts in the template's tokens.
 //!
 //! `cargo bench --bench tokenize_paths` (env SECONDS=4 per row). Everything shares 2 cores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -200,50 +201,58 @@ async fn main() {
     local_chat_pieces(tok);
 }
 
-/// Local chat tokenization over the same kind of conversations, each with a ~1,000-token system
-/// prompt: whole rendered text every turn versus pieces between added tokens from the token cache.
-/// Both in this process, alternating, 5 rounds; the tokens are checked equal.
+/// Local tokenization over the same kind of conversations, each with a ~1,000-token system
+/// prompt: whole text every turn versus pieces between added tokens from the token cache. Once as
+/// chats, once as completion prompts carrying the rendered template (a client that applies the
+/// template itself). Both in this process, alternating, 5 rounds; the tokens are checked equal.
 fn local_chat_pieces(tok_dir: &str) {
-    use hf_chat::HfTokenizer;
+    use hf_chat::{ChatInput, HfTokenizer};
     use prefix_router::discovery::Model;
     use prefix_router::metrics::Metrics;
     use prefix_router::openai::{parse, Endpoint};
     use prefix_router::tokenizer::{LocalTokenizer, PieceCache, TokenCache};
     let tokenizer = Arc::new(HfTokenizer::from_dir(std::path::Path::new(tok_dir)).expect("tokenizer"));
-    let model = Model { name: "m".into(), endpoints: vec![], tokenizer: Some(tokenizer) };
     let system: String = (0..80).map(|i| format!("Rule {i}: answer about caches briefly. ")).collect();
-    let mut turns = Vec::new();
+    let (mut chats, mut completions) = (Vec::new(), Vec::new());
     for c in 0..10 {
         let mut msgs = vec![serde_json::json!({"role": "system", "content": system})];
         for t in 0..6 {
             let content: String = (0..12).map(|i| format!("Chat {c} turn {t} point {i} about caching. ")).collect();
             msgs.push(serde_json::json!({"role": "user", "content": content}));
-            let body = serde_json::json!({"model": "m", "messages": msgs}).to_string();
-            turns.push(parse(Endpoint::ChatCompletions, body.as_bytes()).expect("parses"));
+            let body = serde_json::json!({"model": "m", "messages": msgs});
+            chats.push(parse(Endpoint::ChatCompletions, body.to_string().as_bytes()).expect("parses"));
+            let input = ChatInput::from_request(body.as_object().expect("object")).expect("chat input");
+            let prompt = tokenizer.render_chat(&input).expect("renders");
+            let body = serde_json::json!({"model": "m", "prompt": prompt}).to_string();
+            completions.push(parse(Endpoint::Completions, body.as_bytes()).expect("parses"));
             msgs.push(serde_json::json!({"role": "assistant", "content": "Understood; noted."}));
         }
     }
-    let (mut whole_time, mut pieces_time) = (Duration::ZERO, Duration::ZERO);
-    let mut tokens = 0;
-    for _ in 0..5 {
-        let whole = LocalTokenizer::new(4, None);
-        let cache = Arc::new(TokenCache::new(64 << 20));
-        let pieces = LocalTokenizer::new(4, Some(PieceCache { cache, metrics: Arc::new(Metrics::new().expect("m")) }));
-        let t = Instant::now();
-        let a: Vec<_> = turns.iter().map(|r| whole.tokenize_now(&model, r).expect("tokens")).collect();
-        whole_time += t.elapsed();
-        let t = Instant::now();
-        let b: Vec<_> = turns.iter().map(|r| pieces.tokenize_now(&model, r).expect("tokens")).collect();
-        pieces_time += t.elapsed();
-        assert_eq!(a, b, "pieces must give the whole text's tokens");
-        tokens = a.iter().map(|t| t.ids.len()).sum::<usize>();
+    let model = Model { name: "m".into(), endpoints: vec![], tokenizer: Some(tokenizer) };
+    for (what, turns) in [("chat", &chats), ("completion prompts in the template's tokens", &completions)] {
+        let (mut whole_time, mut pieces_time) = (Duration::ZERO, Duration::ZERO);
+        let mut tokens = 0;
+        for _ in 0..5 {
+            let whole = LocalTokenizer::new(4, None);
+            let cache = Arc::new(TokenCache::new(64 << 20));
+            let pieces =
+                LocalTokenizer::new(4, Some(PieceCache { cache, metrics: Arc::new(Metrics::new().expect("m")) }));
+            let t = Instant::now();
+            let a: Vec<_> = turns.iter().map(|r| whole.tokenize_now(&model, r).expect("tokens")).collect();
+            whole_time += t.elapsed();
+            let t = Instant::now();
+            let b: Vec<_> = turns.iter().map(|r| pieces.tokenize_now(&model, r).expect("tokens")).collect();
+            pieces_time += t.elapsed();
+            assert_eq!(a, b, "pieces must give the whole text's tokens");
+            tokens = a.iter().map(|t| t.ids.len()).sum::<usize>();
+        }
+        let per_turn = |d: Duration| d.as_secs_f64() * 1e3 / (5 * turns.len()) as f64;
+        println!(
+            "\nlocal tokenization, {what}, 10 chats × 6 turns with a ~1,000-token system prompt ({tokens} tokens a \
+             round, 5 rounds, tokens identical): whole text {:.2} ms a turn, cached pieces {:.2} ms a turn ({:.1}× less).",
+            per_turn(whole_time),
+            per_turn(pieces_time),
+            whole_time.as_secs_f64() / pieces_time.as_secs_f64().max(1e-9)
+        );
     }
-    let per_turn = |d: Duration| d.as_secs_f64() * 1e3 / (5 * turns.len()) as f64;
-    println!(
-        "\nlocal chat tokenization, 10 chats × 6 turns with a ~1,000-token system prompt ({tokens} tokens a round, 5 \
-         rounds, tokens identical): whole text {:.2} ms a turn, cached pieces {:.2} ms a turn ({:.1}× less).",
-        per_turn(whole_time),
-        per_turn(pieces_time),
-        whole_time.as_secs_f64() / pieces_time.as_secs_f64().max(1e-9)
-    );
 }

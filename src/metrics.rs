@@ -134,7 +134,7 @@ impl Metrics {
         let piece_tokens = IntCounterVec::new(
             Opts::new(
                 "prefix_router_tokenize_piece_tokens_total",
-                "Tokens of locally tokenized chats: reused from cached pieces or tokenized",
+                "Tokens of locally tokenized chats and templated completion prompts: reused from cached pieces or tokenized",
             ),
             &["result"],
         )?;

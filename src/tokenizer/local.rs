@@ -1,9 +1,10 @@
 //! Local tokenization: the model's configured HF tokenizer (chat template applied), else a byte
 //! approximation that keeps prefix affinity — equal leading text gives equal leading "tokens".
 //!
-//! A rendered chat is tokenized piece by piece between the template's added tokens, exactly as
-//! `tokenizers` does it (see [`HfTokenizer::pieces`]), and each piece's ids are kept in the token
-//! cache: a conversation's system prompt and earlier turns are tokenized once, not every turn.
+//! A rendered chat — or a completion prompt written with the template's added tokens — is
+//! tokenized piece by piece between those tokens, exactly as `tokenizers` does it (see
+//! [`HfTokenizer::pieces`]), and each piece's ids are kept in the token cache: a conversation's
+//! system prompt and earlier turns are tokenized once, not every turn.
 
 use super::{CpuPool, TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct LocalTokenizer {
     bytes_per_token: usize,
-    /// Where chat pieces' ids are kept (`None`: every chat is tokenized whole).
+    /// Where pieces' ids are kept (`None`: every prompt is tokenized whole).
     pieces: Option<PieceCache>,
     limits: Option<Limits>,
 }
@@ -31,7 +32,7 @@ pub struct Limits {
     pub metrics: Arc<Metrics>,
 }
 
-/// The cache chat pieces' ids are kept in, and the counter of tokens reused from it.
+/// The cache pieces' ids are kept in, and the counter of tokens reused from it.
 #[derive(Clone)]
 pub struct PieceCache {
     pub cache: Arc<TokenCache>,
@@ -93,14 +94,24 @@ impl LocalTokenizer {
     /// cached pieces where they repeat.
     fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
         let rendered = tok.render_chat(chat).map_err(|e| e.to_string())?;
-        let text = self.capped(&rendered);
+        self.encode(tok, self.capped(&rendered), false)
+    }
+
+    /// `tok.encode(text, add_special_tokens)`, built from cached pieces when the text has added
+    /// tokens to cut at (a rendered chat, or a completion prompt written in the template's own
+    /// tokens) and the cut is exact: the same ids, with each piece between added tokens tokenized
+    /// once for all requests that repeat it.
+    fn encode(&self, tok: &HfTokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
         let pieces_cache = self.pieces.as_ref().filter(|p| p.cache.enabled());
-        let (Some(PieceCache { cache, metrics }), Some(pieces)) = (pieces_cache, tok.pieces(text)) else {
-            return tok.encode(text, false);
+        let specials = if add_special_tokens { tok.specials_around() } else { Some((&[][..], &[][..])) };
+        let cut = tok.pieces(text).filter(|p| p.iter().any(|piece| matches!(piece, Piece::Added(_))));
+        let (Some(PieceCache { cache, metrics }), Some(pieces), Some((before, after))) = (pieces_cache, cut, specials)
+        else {
+            return tok.encode(text, add_special_tokens);
         };
         let space = TokenSpace::Local(tok.fingerprint());
         let tokenizer_key = format!("{:016x}", tok.fingerprint());
-        let (mut ids, mut reused) = (Vec::new(), 0);
+        let (mut ids, mut reused) = (before.to_vec(), 0);
         for piece in pieces {
             match piece {
                 Piece::Added(id) => ids.push(id),
@@ -117,6 +128,7 @@ impl LocalTokenizer {
                 }
             }
         }
+        ids.extend_from_slice(after);
         metrics.piece_tokens.with_label_values(&["reused"]).inc_by(reused as u64);
         metrics.piece_tokens.with_label_values(&["tokenized"]).inc_by((ids.len() - reused) as u64);
         Ok(ids)
@@ -144,7 +156,7 @@ impl LocalTokenizer {
     fn text(&self, model: &Model, text: &str) -> Tokens {
         let text = self.capped(text);
         if let Some(tok) = &model.tokenizer {
-            if let Ok(ids) = tok.encode(text, true) {
+            if let Ok(ids) = self.encode(tok, text, true) {
                 return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
             }
         }
@@ -332,6 +344,39 @@ mod tests {
             count("reused"),
             count("tokenized")
         );
+    }
+
+    #[test]
+    fn a_completion_prompt_in_template_tokens_reuses_its_pieces_and_gives_the_same_tokens() {
+        let m = model(true);
+        let cache = Arc::new(TokenCache::new(1 << 20));
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let cached =
+            LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
+        let whole = LocalTokenizer::new(4, None);
+        let system = "You answer questions about caches. ".repeat(100);
+        let count = |r: &str| metrics.piece_tokens.with_label_values(&[r]).get();
+        for n in 0..4 {
+            // A client that applied the chat template itself and sends the text to /v1/completions.
+            let prompt = format!(
+                "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nQuestion {n}?<|im_end|>\n<|im_start|>assistant\n"
+            );
+            let req = completion(&prompt);
+            let (a, b) =
+                (cached.tokenize_now(&m, &req).expect("tokens"), whole.tokenize_now(&m, &req).expect("tokens"));
+            assert_eq!(a, b, "prompt {n}: pieces must give exactly the whole text's tokens");
+        }
+        assert!(
+            count("reused") > 2 * count("tokenized"),
+            "reused {} tokenized {}",
+            count("reused"),
+            count("tokenized")
+        );
+        // Plain text has nothing to cut at: tokenized whole, nothing stored as pieces.
+        let before = (cache.bytes(), count("tokenized"));
+        let plain = completion(&system);
+        assert_eq!(cached.tokenize_now(&m, &plain).expect("tokens"), whole.tokenize_now(&m, &plain).expect("tokens"));
+        assert_eq!((cache.bytes(), count("tokenized")), before);
     }
 
     #[test]

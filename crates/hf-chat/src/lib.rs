@@ -34,6 +34,9 @@ pub struct HfTokenizer {
     /// How `tokenizers` cuts a text at added tokens before tokenizing each piece on its own;
     /// `None` when this tokenizer's added tokens make that cut depend on their surroundings.
     added: Option<AddedSplit>,
+    /// What `encode(text, true)` puts before and after `encode(text, false)` (the post-processor's
+    /// special tokens, e.g. a BOS), when that is the same for every text.
+    specials: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 /// A piece of a text as `tokenizers` sees it: text between added tokens, or an added token.
@@ -71,6 +74,27 @@ impl AddedSplit {
             .ok()?;
         Some(Self { matcher, ids: tokens.into_iter().map(|(id, _)| id).collect() })
     }
+}
+
+/// The special tokens `encode(text, true)` adds around `encode(text, false)`, found by encoding
+/// probes both ways; `None` unless they are the same around every probe, and never with
+/// truncation or padding configured (those change the ids with the text's length).
+fn specials_of(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    if tokenizer.get_truncation().is_some() || tokenizer.get_padding().is_some() {
+        return None;
+    }
+    let mut found: Option<(Vec<u32>, Vec<u32>)> = None;
+    for probe in ["x", "Hello world, again.\n", " two  spaces"] {
+        let with = tokenizer.encode_fast(probe, true).ok()?.get_ids().to_vec();
+        let without = tokenizer.encode_fast(probe, false).ok()?.get_ids().to_vec();
+        let at = (0..=with.len().checked_sub(without.len())?).find(|&i| with[i..i + without.len()] == without[..])?;
+        let around = (with[..at].to_vec(), with[at + without.len()..].to_vec());
+        match &found {
+            Some(seen) if *seen != around => return None,
+            _ => found = Some(around),
+        }
+    }
+    found
 }
 
 /// Whether any step of the tokenizer is a Metaspace that prepends only to the first segment.
@@ -115,7 +139,8 @@ impl HfTokenizer {
         let steps: serde_json::Value = serde_json::from_slice(&json_bytes).unwrap_or_default();
         let steps = serde_json::json!([steps.get("normalizer"), steps.get("pre_tokenizer")]);
         let added = AddedSplit::of(&tokenizer, &steps);
-        Ok(Self { tokenizer, chat, fingerprint, vocab_size, added })
+        let specials = specials_of(&tokenizer);
+        Ok(Self { tokenizer, chat, fingerprint, vocab_size, added, specials })
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -148,6 +173,12 @@ impl HfTokenizer {
             pieces.push(Piece::Text(&text[at..]));
         }
         Some(pieces)
+    }
+
+    /// The special tokens `encode(text, true)` adds before and after `encode(text, false)`, the
+    /// same for every text; `None` when this tokenizer's additions are not that simple.
+    pub fn specials_around(&self) -> Option<(&[u32], &[u32])> {
+        self.specials.as_ref().map(|(before, after)| (before.as_slice(), after.as_slice()))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
@@ -236,6 +267,44 @@ mod tests {
         // its first segment: the whole text is tokenized as one.
         assert!(llama_like.encode(text, false).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_special_tokens_a_post_processor_adds_are_found_and_only_when_fixed() {
+        let qwen = HfTokenizer::from_dir(&fixture_dir()).expect("fixture loads");
+        assert_eq!(qwen.specials_around(), Some((&[][..], &[][..])), "Qwen3 adds none");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir().join("tokenizer.json")).expect("read")).expect("json");
+        // A BOS and an EOS around every text, as Llama-style TemplateProcessing adds them.
+        json["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "<|im_end|>", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {
+                "<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643], "tokens": ["<|endoftext|>"]},
+                "<|im_end|>": {"id": "<|im_end|>", "ids": [151645], "tokens": ["<|im_end|>"]}
+            }
+        });
+        let load = |json: &serde_json::Value, name: &str| {
+            let dir = std::env::temp_dir().join(format!("hf-chat-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("tokenizer.json"), json.to_string()).expect("write");
+            let tok = HfTokenizer::from_dir(&dir).expect("loads");
+            let _ = std::fs::remove_dir_all(&dir);
+            tok
+        };
+        let wrapped = load(&json, "template");
+        assert_eq!(wrapped.specials_around(), Some((&[151643][..], &[151645][..])));
+        for text in ["", "Hello", "<|im_start|>user\nhi<|im_end|>\n", "  spaced  out  "] {
+            let mut expected = vec![151643];
+            expected.extend(wrapped.encode(text, false).expect("encodes"));
+            expected.push(151645);
+            assert_eq!(wrapped.encode(text, true).expect("encodes"), expected, "{text:?}");
+        }
+        // Truncation makes the ids depend on the text's length: no fixed additions to rely on.
+        json["truncation"] = json!({"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0});
+        assert_eq!(load(&json, "truncated").specials_around(), None);
     }
 
     #[test]
