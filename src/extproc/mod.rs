@@ -1,5 +1,6 @@
-//! The ext_proc gRPC service. One task per Envoy stream (one HTTP request) runs the state machine
-//! in `stream.rs` over the per-stream state of `state.rs`; each phase has its own file. Imports go
+//! The ext_proc gRPC service. Each Envoy stream (one HTTP request) is answered by the state machine
+//! in `stream.rs`, run as the stream's own answers are polled, over the per-stream state of
+//! `state.rs`; each phase has its own file. Imports go
 //! one way: `stream` → phases (`request_headers`, `request_body`, `response`) → `state` →
 //! (`mutations`, `errors`).
 
@@ -14,13 +15,13 @@ mod stream;
 pub use errors::Reject;
 pub use mutations::{MAX_CHUNK, METADATA_KEY};
 pub use state::{BodyMode, Context};
-pub use stream::run;
+pub use stream::{replies, run};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures::Stream;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct ExtProc {
@@ -35,16 +36,13 @@ impl ExtProc {
 
 #[tonic::async_trait]
 impl ExternalProcessor for ExtProc {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let (tx, rx) = mpsc::channel(32);
-        // Owned by the stream: it ends when Envoy closes the stream or we stop answering.
-        tokio::spawn(stream::run(Arc::clone(&self.ctx), request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(stream::replies(Arc::clone(&self.ctx), request.into_inner()))))
     }
 }
 

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, HttpTrailers, ProtocolConfiguration,
 };
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tonic::Status;
 
 const HEADER: &str = "x-gateway-destination-endpoint";
