@@ -308,14 +308,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chat_pieces_are_reused_across_turns_and_give_the_same_tokens() {
-        let m = model(true);
+    /// A tokenizer with a piece cache, one without, and the cache and metrics the first uses.
+    fn cached_and_whole() -> (LocalTokenizer, LocalTokenizer, Arc<TokenCache>, Arc<Metrics>) {
         let cache = Arc::new(TokenCache::new(1 << 20));
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let cached =
             LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
-        let whole = LocalTokenizer::new(4, None);
+        (cached, LocalTokenizer::new(4, None), cache, metrics)
+    }
+
+    #[test]
+    fn chat_pieces_are_reused_across_turns_and_give_the_same_tokens() {
+        let m = model(true);
+        let (cached, whole, cache, metrics) = cached_and_whole();
         let system = "You answer questions about caches. ".repeat(100);
         let mut messages = vec![json!({"role": "system", "content": system})];
         let mut first_turn_bytes = 0;
@@ -349,11 +354,7 @@ mod tests {
     #[test]
     fn a_completion_prompt_in_template_tokens_reuses_its_pieces_and_gives_the_same_tokens() {
         let m = model(true);
-        let cache = Arc::new(TokenCache::new(1 << 20));
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let cached =
-            LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
-        let whole = LocalTokenizer::new(4, None);
+        let (cached, whole, cache, metrics) = cached_and_whole();
         let system = "You answer questions about caches. ".repeat(100);
         let count = |r: &str| metrics.piece_tokens.with_label_values(&[r]).get();
         for n in 0..4 {
