@@ -102,13 +102,14 @@ impl LocalTokenizer {
     /// tokens) and the cut is exact: the same ids, with each piece between added tokens tokenized
     /// once for all requests that repeat it.
     fn encode(&self, tok: &HfTokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
-        let pieces_cache = self.pieces.as_ref().filter(|p| p.cache.enabled());
-        let specials = if add_special_tokens { tok.specials_around() } else { Some((&[][..], &[][..])) };
-        let cut = tok.pieces(text).filter(|p| p.iter().any(|piece| matches!(piece, Piece::Added(_))));
-        let (Some(PieceCache { cache, metrics }), Some(pieces), Some((before, after))) = (pieces_cache, cut, specials)
-        else {
-            return tok.encode(text, add_special_tokens);
+        let whole = || tok.encode(text, add_special_tokens);
+        let Some(PieceCache { cache, metrics }) = self.pieces.as_ref().filter(|p| p.cache.enabled()) else {
+            return whole();
         };
+        let specials = if add_special_tokens { tok.specials_around() } else { Some((&[][..], &[][..])) };
+        let Some((before, after)) = specials else { return whole() };
+        let cut = tok.pieces(text).filter(|p| p.iter().any(|piece| matches!(piece, Piece::Added(_))));
+        let Some(pieces) = cut else { return whole() };
         let space = TokenSpace::Local(tok.fingerprint());
         let tokenizer_key = format!("{:016x}", tok.fingerprint());
         let (mut ids, mut reused) = (before.to_vec(), 0);
