@@ -38,16 +38,13 @@ fn context() -> Arc<Context> {
             endpoints: vec![EndpointSpec { key: "m/a".into(), addr: "10.0.0.1:8000".parse().unwrap_or_else(|_| unreachable!()), engine: Engine::Vllm }],
         }]);
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|_| unreachable!()));
-        let cfg = RoutingConfig {
-            policy: PolicyKind::Prefix,
-            params: prefix_index::policy::PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 },
-            block_size: 4,
-            index_blocks_per_pod: 1024,
-            fallbacks: 0,
-            max_inflight_per_pod: 0,
-            trust_request_chat_template: false,
-            pending_ttl: Duration::from_secs(3),
-        };
+        // The router's own defaults, small enough to fill: tiny blocks and index, receipts kept.
+        let mut cfg = prefix_router::config::Config::default_routing().unwrap_or_else(|_| unreachable!());
+        cfg.policy = PolicyKind::Prefix;
+        cfg.block_size = 4;
+        cfg.index_blocks_per_pod = 1024;
+        cfg.pending_ttl = Duration::from_secs(3);
+        cfg.receipts = 16;
         let router = Arc::new(Router::new(registry, Arc::new(Bytes), cfg, Arc::clone(&metrics)));
         Arc::new(Context {
             router,
@@ -56,6 +53,7 @@ fn context() -> Arc<Context> {
             max_body_bytes: 4096,
             destination_header: "x-gateway-destination-endpoint".into(),
             inflight_ttl: Duration::from_secs(60),
+            receipt_header: Some("x-prefix-router-receipt".into()),
         })
     }))
 }
