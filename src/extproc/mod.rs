@@ -1,8 +1,7 @@
 //! The ext_proc gRPC service. Each Envoy stream (one HTTP request) is answered by the state machine
-//! in `stream.rs`, run as the stream's own answers are polled, over the per-stream state of
-//! `state.rs`; each phase has its own file. Imports go
-//! one way: `stream` → phases (`request_headers`, `request_body`, `response`) → `state` →
-//! (`mutations`, `errors`).
+//! in `stream.rs`, run as the stream's answers are polled, over the per-stream state of `state.rs`;
+//! each phase has its own file. Imports go one way: `stream` → phases (`request_headers`,
+//! `request_body`, `response`) → `state` → (`mutations`, `errors`).
 
 mod errors;
 mod mutations;
@@ -15,7 +14,7 @@ mod stream;
 pub use errors::Reject;
 pub use mutations::{MAX_CHUNK, METADATA_KEY};
 pub use state::{BodyMode, Context};
-pub use stream::{replies, run};
+pub use stream::run;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};

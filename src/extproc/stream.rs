@@ -20,7 +20,7 @@ use tonic::Status;
 /// response stream, so each message is answered in the task that writes the answer, with no task
 /// or channel in between. The request's state — its in-flight guard included — lives as long as
 /// the stream: until Envoy closes or resets it, or the safety TTL releases the guard.
-pub fn replies<S>(ctx: Arc<Context>, inbound: S) -> impl Stream<Item = Result<ProcessingResponse, Status>> + Send
+pub(super) fn replies<S>(ctx: Arc<Context>, inbound: S) -> impl Stream<Item = Result<ProcessingResponse, Status>> + Send
 where
     S: Stream<Item = Result<ProcessingRequest, Status>> + Unpin + Send,
 {
