@@ -11,18 +11,22 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use futures::future::BoxFuture;
 use libfuzzer_sys::fuzz_target;
-use prefix_router::discovery::{Engine, EndpointSpec, Model, ModelSpec, Registry};
+use prefix_router::discovery::{EndpointSpec, Engine, Model, ModelSpec, Registry};
 use prefix_router::extproc::{run, BodyMode, Context};
 use prefix_router::metrics::Metrics;
 use prefix_router::openai::InferenceRequest;
-use prefix_router::routing::{PolicyKind, Router, RoutingConfig};
+use prefix_router::routing::{PolicyKind, Router};
 use prefix_router::tokenizer::{TokenSpace, Tokenize, TokenizeError, Tokens};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 struct Bytes;
 impl Tokenize for Bytes {
-    fn tokenize<'a>(&'a self, _: &'a Arc<Model>, req: &'a InferenceRequest) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
+    fn tokenize<'a>(
+        &'a self,
+        _: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
         let ids = req.model.bytes().map(u32::from).collect();
         Box::pin(async move { Ok(Tokens { ids, space: TokenSpace::Engine }) })
     }
@@ -35,7 +39,11 @@ fn context() -> Arc<Context> {
         registry.publish(vec![ModelSpec {
             name: "m".into(),
             tokenizer: None,
-            endpoints: vec![EndpointSpec { key: "m/a".into(), addr: "10.0.0.1:8000".parse().unwrap_or_else(|_| unreachable!()), engine: Engine::Vllm }],
+            endpoints: vec![EndpointSpec {
+                key: "m/a".into(),
+                addr: "10.0.0.1:8000".parse().unwrap_or_else(|_| unreachable!()),
+                engine: Engine::Vllm,
+            }],
         }]);
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|_| unreachable!()));
         // The router's own defaults, small enough to fill: tiny blocks and index, receipts kept.
@@ -64,10 +72,17 @@ fn headers(eos: bool, mode: i32, spoof: bool) -> ProcessingRequest {
         hs.push(("x-gateway-destination-endpoint", "6.6.6.6:1".to_owned()));
     }
     ProcessingRequest {
-        protocol_config: Some(ProtocolConfiguration { request_body_mode: mode, response_body_mode: mode, ..Default::default() }),
+        protocol_config: Some(ProtocolConfiguration {
+            request_body_mode: mode,
+            response_body_mode: mode,
+            ..Default::default()
+        }),
         request: Some(Request::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap {
-                headers: hs.into_iter().map(|(k, v)| HeaderValue { key: k.into(), raw_value: v.into_bytes(), ..Default::default() }).collect(),
+                headers: hs
+                    .into_iter()
+                    .map(|(k, v)| HeaderValue { key: k.into(), raw_value: v.into_bytes(), ..Default::default() })
+                    .collect(),
             }),
             end_of_stream: eos,
             ..Default::default()
@@ -89,19 +104,30 @@ fn destination(r: &ProcessingResponse) -> Option<Vec<u8>> {
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
     let mode = i32::from(first % 5);
-    let mut msgs: Vec<Result<ProcessingRequest, tonic::Status>> = vec![Ok(headers(first & 0x80 != 0, mode, first & 0x40 != 0))];
+    let mut msgs: Vec<Result<ProcessingRequest, tonic::Status>> =
+        vec![Ok(headers(first & 0x80 != 0, mode, first & 0x40 != 0))];
     let mut body_started = false;
-    let mut chunks = rest.chunks(64);
-    while let Some(c) = chunks.next() {
-        let (&tag, payload) = match c.split_first() { Some(x) => x, None => break };
+    for c in rest.chunks(64) {
+        let (&tag, payload) = match c.split_first() {
+            Some(x) => x,
+            None => break,
+        };
         let msg = match tag % 6 {
             0 | 1 => {
                 body_started = true;
-                Request::RequestBody(HttpBody { body: payload.to_vec(), end_of_stream: tag & 0x10 != 0, ..Default::default() })
+                Request::RequestBody(HttpBody {
+                    body: payload.to_vec(),
+                    end_of_stream: tag & 0x10 != 0,
+                    ..Default::default()
+                })
             }
             2 => Request::RequestTrailers(HttpTrailers::default()),
             3 => Request::ResponseHeaders(HttpHeaders::default()),
-            4 => Request::ResponseBody(HttpBody { body: payload.to_vec(), end_of_stream: tag & 0x10 != 0, ..Default::default() }),
+            4 => Request::ResponseBody(HttpBody {
+                body: payload.to_vec(),
+                end_of_stream: tag & 0x10 != 0,
+                ..Default::default()
+            }),
             _ => {
                 msgs.push(Err(tonic::Status::internal("fuzzed stream error")));
                 break;
@@ -123,7 +149,8 @@ fuzz_target!(|data: &[u8]| {
         assert_ne!(destination(r).as_deref(), Some(&b"6.6.6.6:1"[..]), "a client-chosen destination");
     }
     if body_started {
-        let answered = out.iter().any(|r| destination(r).is_some() || matches!(r.response, Some(Response::ImmediateResponse(_))));
+        let answered =
+            out.iter().any(|r| destination(r).is_some() || matches!(r.response, Some(Response::ImmediateResponse(_))));
         assert!(answered, "a request whose body began got neither a decision nor an error: {out:?}");
     }
 });

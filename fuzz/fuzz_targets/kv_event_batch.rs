@@ -12,8 +12,13 @@ fuzz_target!(|data: &[u8]| {
     for c in &batch.changes {
         match c {
             Change::Stored { parent, block_hashes, token_ids, block_size, medium, .. } => {
-                let blocks =
-                    Blocks { parent: *parent, engine_hashes: block_hashes, token_ids, block_size: *block_size, medium: *medium };
+                let blocks = Blocks {
+                    parent: *parent,
+                    engine_hashes: block_hashes,
+                    token_ids,
+                    block_size: *block_size,
+                    medium: *medium,
+                };
                 let _ = index.store(PodId(1), &blocks, HashSeed::new("m", None, 0));
             }
             Change::Removed { block_hashes, medium } => {
