@@ -286,7 +286,10 @@ async fn send(http: &reqwest::Client, url: &str, body: &Value) -> Result<Record,
     let t = Instant::now();
     let mut res = http.post(url).json(&body).send().await.map_err(|e| e.to_string())?;
     if !res.status().is_success() {
-        return Err(format!("status {}", res.status()));
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let text: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
+        return Err(format!("{status}: {text}"));
     }
     let pod = res.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
     let mut ttft = None;
@@ -386,11 +389,25 @@ enum Workload {
     Chat { spec: workload::MultiTurn, starts: Vec<f64> },
 }
 
-async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, usize, Duration) {
+/// Failed requests: how many, and the first one's answer (what a reader needs to see why).
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn add(&mut self, error: String) {
+        self.count += 1;
+        self.first.get_or_insert(error);
+    }
+}
+
+async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, Failures, Duration) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(128).build().expect("client");
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let records = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(Failures::default()));
     let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     match w {
@@ -403,9 +420,7 @@ async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, usize, Durat
                     let _permit = sem.acquire().await.expect("semaphore");
                     match target.send(&http, job.path, &job.body).await {
                         Ok(r) => records.lock().expect("records").push(r),
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Err(e) => errors.lock().expect("errors").add(e),
                     }
                 }));
             }
@@ -432,8 +447,8 @@ async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, usize, Durat
                                 messages.push(json!({"role": "assistant", "content": r.reply.clone()}));
                                 records.lock().expect("records").push(r);
                             }
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
+                            Err(e) => {
+                                errors.lock().expect("errors").add(e);
                                 return;
                             }
                         }
@@ -449,7 +464,8 @@ async fn replay(target: Arc<Target>, w: &Workload) -> (Vec<Record>, usize, Durat
     }
     let elapsed = t0.elapsed();
     let records = records.lock().expect("records").clone();
-    (records, errors.load(Ordering::Relaxed) as usize, elapsed)
+    let errors = std::mem::take(&mut *errors.lock().expect("errors"));
+    (records, errors, elapsed)
 }
 
 async fn metrics(http: &reqwest::Client, base: &str) -> String {
@@ -481,6 +497,7 @@ struct Row {
     max_over_mean: f64,
     requests: usize,
     errors: usize,
+    first_error: Option<String>,
     router_us: Option<f64>,
     ttfts: Vec<f64>,
 }
@@ -559,7 +576,8 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         throughput: records.len() as f64 / elapsed.as_secs_f64(),
         max_over_mean: if mean > 0.0 { max / mean } else { f64::NAN },
         requests: records.len(),
-        errors,
+        errors: errors.count,
+        first_error: errors.first,
         router_us,
         ttfts,
     })
@@ -571,6 +589,12 @@ fn table(rows: &[Row]) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
+        if r.requests == 0 {
+            // Nothing was served: no figure means anything; the failures line below says why.
+            let dashes = ["—"; 11].join(" | ");
+            s.push_str(&format!("| {} | {dashes} | 0 / {} |\n", r.policy, r.errors));
+            continue;
+        }
         let ms = |v: f64| if v >= 1000.0 { format!("{:.2} s", v / 1000.0) } else { format!("{v:.0} ms") };
         s.push_str(&format!(
             "| {} | {:.1}% | {:.1}% | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.1} ms | {} / {} |\n",
@@ -588,6 +612,15 @@ fn table(rows: &[Row]) -> String {
             r.outside_ms,
             r.requests,
             r.errors
+        ));
+    }
+    for r in rows.iter().filter(|r| r.errors > 0) {
+        let first = r.first_error.as_deref().unwrap_or("?");
+        s.push_str(&format!(
+            "\n{}: {} of {} requests failed; the first got `{first}`.\n",
+            r.policy,
+            r.errors,
+            r.errors + r.requests
         ));
     }
     s

@@ -196,6 +196,25 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_every_length_read_alike_after_a_first_id_of_every_length() {
+        let lengths: Vec<u32> =
+            (0..60u32).map(|k| [1, 22, 333, 4_444, 55_555, 666_666, 7_777_777, 0, 10][k as usize % 9]).collect();
+        let long = [12_345_678, 123_456_789, u32::MAX];
+        // Every length after every other, both separator styles; the last ids end within eight
+        // bytes of the body's end, where the reader takes one digit at a time.
+        for first in [0, 12, 345, 6_789, 10_000, 200_000, 3_000_000, 40_000_000, 500_000_000, 4_000_000_000] {
+            for sep in [",", ", "] {
+                for tail in [&lengths[..], &long[..]] {
+                    let want: Vec<u32> = std::iter::once(first).chain(tail.iter().copied()).collect();
+                    let list = want.iter().map(u32::to_string).collect::<Vec<_>>().join(sep);
+                    let body = format!(r#"{{"prompt":[{list}]}}"#);
+                    assert_eq!(ids(&body), Some(want), "{body}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_separator_style_reads_the_same_ids() {
         let want: Vec<u32> = (0..40u32).map(|i| i.pow(3) * 7 % 2_000_000).collect();
         for sep in [",", ", ", ",  ", " , ", ",\n\t", "\n,"] {
