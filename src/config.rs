@@ -1,7 +1,7 @@
 //! Every setting, as a flag and an environment variable, typed and validated once at start-up.
 
 use crate::extproc::BodyMode;
-use crate::routing::{PolicyKind, RoutingConfig};
+use crate::routing::{Placement, PolicyKind, RoutingConfig};
 use clap::Parser;
 use prefix_index::policy::PrefixParams;
 use std::net::IpAddr;
@@ -163,10 +163,11 @@ pub struct Config {
     /// …that is also this many times as loaded.
     #[arg(long, env = "PREFIX_ROUTER_BALANCE_REL_THRESHOLD", default_value_t = 1.5)]
     pub balance_rel_threshold: f64,
-    /// A prompt no pod holds is not placed on a pod known to cache more than this many times the
-    /// mean: new conversations spread evenly. For one replica without KV events; 0 = off.
-    #[arg(long, env = "PREFIX_ROUTER_FOOTPRINT_BOUND", default_value_t = 0.0)]
-    pub footprint_bound: f64,
+    /// Where a prompt no pod holds goes (unless every pod's KV events are trusted, when it is
+    /// always balanced): `rendezvous` keeps router replicas without events in agreement,
+    /// `balanced` spreads new prompts evenly (one replica).
+    #[arg(long, env = "PREFIX_ROUTER_PLACEMENT", value_enum, default_value_t = Placement::Rendezvous)]
+    pub placement: Placement,
     /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
     #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
     pub max_inflight_per_pod: u64,
@@ -254,8 +255,8 @@ impl Config {
                 load_weight: self.load_weight,
                 balance_abs: self.balance_abs_threshold,
                 balance_rel: self.balance_rel_threshold,
-                footprint_bound: self.footprint_bound,
             },
+            placement: self.placement,
             block_size: self.block_size,
             index_blocks_per_pod: self.index_blocks_per_pod,
             fallbacks: self.fallback_endpoints,
@@ -283,7 +284,7 @@ impl Config {
 
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 8] = [
             (self.block_size > 0, "--block-size (PREFIX_ROUTER_BLOCK_SIZE) must be > 0"),
             (self.index_blocks_per_pod > 0, "--index-blocks-per-pod (PREFIX_ROUTER_INDEX_BLOCKS_PER_POD) must be > 0"),
             (
@@ -302,10 +303,6 @@ impl Config {
             (
                 self.balance_rel_threshold >= 1.0,
                 "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1",
-            ),
-            (
-                self.footprint_bound == 0.0 || (self.footprint_bound >= 1.0 && self.footprint_bound.is_finite()),
-                "--footprint-bound (PREFIX_ROUTER_FOOTPRINT_BOUND) must be 0 (off) or ≥ 1",
             ),
             (
                 http::HeaderName::from_bytes(self.destination_header.as_bytes()).is_ok()
@@ -383,16 +380,12 @@ mod tests {
         let c =
             Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--block-size", "0"]).expect("parses");
         assert!(c.validate().expect_err("invalid").contains("--block-size"));
-        for (bound, valid) in
-            [("0", true), ("1.25", true), ("0.5", false), ("-1", false), ("inf", false), ("NaN", false)]
-        {
-            let arg = format!("--footprint-bound={bound}");
-            let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", &arg]).expect("parses");
-            match c.validate() {
-                Ok(()) => assert!(valid, "{bound} accepted"),
-                Err(e) => assert!(!valid && e.contains("--footprint-bound"), "{bound}: {e}"),
-            }
-        }
+        let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--placement", "balanced"])
+            .expect("parses");
+        assert_eq!(c.routing().placement, Placement::Balanced);
+        let err =
+            Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--placement", "even"]).expect_err("bad");
+        assert!(err.to_string().contains("rendezvous"), "the choices are named: {err}");
         let c = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "1h30m"])
             .expect("parses");
         assert_eq!(c.inflight_ttl, Duration::from_secs(5400));

@@ -66,13 +66,8 @@ pub(crate) fn spec(model: &str, pods: u8) -> ModelSpec {
 pub(crate) fn routing_config() -> RoutingConfig {
     RoutingConfig {
         policy: PolicyKind::Prefix,
-        params: PrefixParams {
-            prefix_weight: 1.0,
-            load_weight: 1.0,
-            balance_abs: 8,
-            balance_rel: 1.5,
-            footprint_bound: 0.0,
-        },
+        params: PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 },
+        placement: crate::routing::Placement::Rendezvous,
         block_size: 4,
         index_blocks_per_pod: 1024,
         fallbacks: 0,

@@ -105,6 +105,42 @@ async fn errors_use_vllm_status_codes_and_bodies() {
 }
 
 #[tokio::test]
+async fn render_gives_the_tokens_generation_would_take_without_generating() {
+    let sim = procs::sim(&[]);
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where to?"}]);
+    let (status, chat) =
+        post(sim.url("/v1/chat/completions/render"), json!({"model": "tiny-chat", "messages": messages})).await;
+    assert_eq!(status, 200, "{chat}");
+    let (_, tokenized) = post(sim.url("/tokenize"), json!({"messages": messages})).await;
+    assert_eq!(chat["token_ids"], tokenized["tokens"], "the chat template applied as for generation");
+    assert_eq!((chat["model"].as_str(), chat["features"].is_null()), (Some("tiny-chat"), true));
+
+    // A completion renders one request per prompt, token ids passed through as they are.
+    let (status, batch) =
+        post(sim.url("/v1/completions/render"), json!({"prompt": ["Hello world", "Bye"], "max_tokens": 3})).await;
+    assert_eq!(status, 200, "{batch}");
+    let ids: Vec<&Value> = batch.as_array().expect("a list").iter().map(|r| &r["token_ids"]).collect();
+    let (_, hello) = post(sim.url("/tokenize"), json!({"prompt": "Hello world"})).await;
+    assert_eq!(ids.first().copied(), Some(&hello["tokens"]));
+    assert_eq!(ids.len(), 2);
+    let (_, same) = post(sim.url("/v1/completions/render"), json!({"prompt": [9707, 1879]})).await;
+    assert_eq!(same[0]["token_ids"], json!([9707, 1879]));
+
+    // Errors as generation answers them; nothing was generated or cached.
+    let (status, _) =
+        post(sim.url("/v1/chat/completions/render"), json!({"model": "other", "messages": messages})).await;
+    assert_eq!(status, 404);
+    let (status, _) = post(sim.url("/v1/completions/render"), json!({"prompt": ""})).await;
+    assert_eq!(status, 400);
+    let metrics = client().get(sim.url("/metrics")).send().await.expect("get").text().await.expect("text");
+    let value = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    };
+    assert_eq!(value("vllm_sim_render_requests_total"), Some(3.0));
+    assert_eq!(value("vllm:prompt_tokens_total"), Some(0.0));
+}
+
+#[tokio::test]
 async fn completions_accept_every_prompt_form_and_report_usage() {
     let sim = procs::sim(&["--decode-ms-per-token", "0"]);
     for prompt in [json!("Hello world"), json!(["Hello world", "Bye"]), json!([9707, 1879]), json!([[9707], [1879, 1]])]

@@ -66,11 +66,25 @@ pub enum PolicyKind {
     LeastLoad,
 }
 
+/// Where a prompt no pod holds goes, when not every candidate pod's KV events are trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Rendezvous hashing of its first block with bounded loads: router replicas that share no
+    /// state place it on the same pod, so a conversation's later turns find it whichever replica
+    /// routes them.
+    Rendezvous,
+    /// Least loaded, then the smallest cache footprint: new prompts spread evenly over the pods.
+    /// For one router replica (its TTFT tail, under cache pressure most); replicas lose their
+    /// agreement.
+    Balanced,
+}
+
 /// Routing parameters (from the configuration, or set directly by tests and benches).
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
     pub policy: PolicyKind,
     pub params: PrefixParams,
+    pub placement: Placement,
     pub block_size: usize,
     pub index_blocks_per_pod: usize,
     pub fallbacks: usize,
@@ -206,7 +220,8 @@ impl Router {
         // events are trusted the replicas agree through the events, and a balanced placement
         // (load, then the smaller footprint) serves time to first token better.
         let all_exact = candidates.iter().all(|e| e.trust() == Trust::Exact);
-        let placement = if all_exact { None } else { hashes.first().copied() };
+        let rendezvous = self.cfg.placement == Placement::Rendezvous && !all_exact;
+        let placement = if rendezvous { hashes.first().copied() } else { None };
         let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
         let pick = state.policy.pick(&facts, &request_facts);
         self.metrics.observe_phase(Phase::Pick, t.elapsed());

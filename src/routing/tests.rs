@@ -29,6 +29,23 @@ async fn a_conversation_stays_on_its_pod_and_new_prompts_spread_on_load() {
 }
 
 #[tokio::test]
+async fn balanced_placement_spreads_new_prompts_evenly_and_conversations_still_stay() {
+    let cfg = RoutingConfig { placement: Placement::Balanced, ..routing_config() };
+    let k = kit(vec![spec("m", 4)], cfg);
+    let mut per_pod: HashMap<std::net::SocketAddr, usize> = HashMap::new();
+    for n in 0..8 {
+        // Each decision ends before the next: no pod is busier, only the history differs.
+        let d = k.router.route(&completion("m", &format!("{n}: a conversation opens with its own words"))).await;
+        let d = d.expect("routed");
+        assert_eq!(d.outcome, Outcome::Miss);
+        *per_pod.entry(d.endpoints[0].addr).or_default() += 1;
+    }
+    assert_eq!(per_pod.values().copied().collect::<Vec<_>>(), [2; 4], "{per_pod:?}");
+    let follow_up = k.router.route(&completion("m", "3: a conversation opens with its own words, then more")).await;
+    assert_eq!(follow_up.expect("routed").outcome, Outcome::PrefixHit);
+}
+
+#[tokio::test]
 async fn unknown_models_unready_models_and_an_unsynced_registry_are_typed_errors() {
     let k = kit(vec![spec("m", 2), spec("empty", 0)], routing_config());
     assert_eq!(

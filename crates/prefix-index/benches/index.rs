@@ -21,7 +21,7 @@ const TOKENS: usize = 8192;
 const GROUPS: u32 = 256;
 
 fn params() -> PrefixParams {
-    PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5, footprint_bound: 0.0 }
+    PrefixParams { prefix_weight: 1.0, load_weight: 1.0, balance_abs: 8, balance_rel: 1.5 }
 }
 
 /// Prompt `n`: a shared 6k-token head chosen by `n % GROUPS`, then a 2k-token tail of its own.

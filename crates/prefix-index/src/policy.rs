@@ -97,9 +97,6 @@ pub struct PrefixParams {
     pub balance_abs: u64,
     /// …and is more than this many times the least loaded pod's.
     pub balance_rel: f64,
-    /// A prompt no pod holds is not placed on a pod known to cache more than this many times the
-    /// mean (this prompt included); 0 = no such bound.
-    pub footprint_bound: f64,
 }
 
 /// A new prompt's pod may hold at most this many times the mean in-flight count…
@@ -150,21 +147,12 @@ impl Policy for PrefixAware {
             Some(key) if best_match == 0 && facts.prompt_blocks > 0 => {
                 let total: u64 = c.iter().map(|x| x.inflight).sum();
                 let cap = ((BOUNDED_LOAD * (total + 1) as f64 / c.len() as f64).ceil() as u64).max(BOUNDED_LOAD_FLOOR);
-                // Optionally the same bound on what each pod is known to cache, so new conversations
-                // spread evenly instead of as their hashes happen to fall (a pod that draws more of
-                // them serves more of the follow-ups, and queues). Replicas without events each
-                // know only their own share, so it costs their agreement.
-                let blocks: usize = c.iter().map(|x| x.index_blocks).sum();
-                let footprint_cap = match self.0.footprint_bound {
-                    b if b > 0.0 => b * (blocks + facts.prompt_blocks) as f64 / c.len() as f64,
-                    _ => f64::INFINITY,
-                };
                 let mut keyed: Vec<(bool, bool, std::cmp::Reverse<u64>, usize)> = c
                     .iter()
                     .enumerate()
                     .map(|(i, x)| {
                         let rank = std::cmp::Reverse(xxh3_64_with_seed(&key.to_le_bytes(), x.affinity));
-                        let full = x.inflight + 1 > cap || x.index_blocks as f64 > footprint_cap;
+                        let full = x.inflight + 1 > cap;
                         (guarded(x), full, rank, i)
                     })
                     .collect();
@@ -255,7 +243,7 @@ mod tests {
     }
 
     const PARAMS: PrefixParams =
-        PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5, footprint_bound: 0.0 };
+        PrefixParams { prefix_weight: 1.0, load_weight: 8.0, balance_abs: 8, balance_rel: 1.5 };
 
     fn first(p: &dyn Policy, c: &[Candidate], blocks: usize) -> (usize, Outcome) {
         match p.pick(c, &RequestFacts { prompt_blocks: blocks, placement: None }) {
@@ -349,26 +337,5 @@ mod tests {
         assert_ne!(pick(&pods([2, 2, 6, 2]), key).0, 2, "6 + 1 > ⌈1.5 × (12 + 1) / 4⌉ = 5");
         assert_eq!(pick(&pods([3, 2, 4, 3]), key).0, 2, "4 + 1 ≤ ⌈1.5 × (12 + 1) / 4⌉");
         assert_eq!(pick(&pods([0, 0, 2, 0]), key).0, 2, "at low load up to 3 in flight are allowed");
-    }
-
-    #[test]
-    fn with_a_footprint_bound_a_new_prompt_skips_a_pod_that_caches_far_more_than_the_rest() {
-        let place = |bound: f64, held: [usize; 4], key: u64| {
-            let p = PrefixAware(PrefixParams { footprint_bound: bound, ..PARAMS });
-            let c: Vec<Candidate> = (0..4)
-                .map(|i| Candidate { matched_blocks: 0, inflight: 0, index_blocks: held[i], affinity: 1000 + i as u64 })
-                .collect();
-            match p.pick(&c, &RequestFacts { prompt_blocks: 100, placement: Some(key) }) {
-                Pick::Chosen { order, .. } => order[0],
-                Pick::NoCandidates => panic!("no pick"),
-            }
-        };
-        let key = (0..64u64).find(|k| place(0.0, [0; 4], *k) == 2).expect("some key lands on pod 2");
-        // Off (the default): the hash decides whatever each pod holds, so replicas agree.
-        assert_eq!(place(0.0, [0, 0, 300, 0], key), 2);
-        // 1.25: pod 2 holds 300 blocks > 1.25 × (300 + 100) / 4 = 125, so the prompt goes elsewhere…
-        assert_ne!(place(1.25, [0, 0, 300, 0], key), 2);
-        // …but not while it holds no more than that: 300 ≤ 1.25 × (300 × 3 + 100 + 100) / 4 = 343.75.
-        assert_eq!(place(1.25, [300, 100, 300, 300], key), 2);
     }
 }

@@ -25,6 +25,8 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
+        .route("/v1/completions/render", post(render_completion))
+        .route("/v1/chat/completions/render", post(render_chat))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/prefix", post(prefix))
         .route("/kv_event_sources", get(kv_event_sources))
@@ -100,6 +102,30 @@ async fn detokenize(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Val
     }
     let prompt = sim.tokenizer.decode(&tokens).map_err(SimError::Internal)?;
     Ok(Json(json!({ "prompt": prompt })))
+}
+
+/// vLLM's render endpoints: a request's prompt tokens as the engine would take them (chat
+/// template applied), without generating. vLLM answers a chat with one generate request and a
+/// completion with one per prompt; the sim fills the fields a router reads (`token_ids`, no
+/// multimodal `features`) and names the model and the request.
+fn rendered(sim: &Sim, obj: &serde_json::Map<String, Value>, tokens: Vec<u32>, n: usize) -> Value {
+    let model = obj.get("model").and_then(Value::as_str).unwrap_or(&sim.served[0]);
+    json!({"request_id": format!("render-{:016x}-{n}", rand::random::<u64>()), "token_ids": tokens, "features": null,
+        "model": model, "stream": obj.get("stream").and_then(Value::as_bool).unwrap_or(false)})
+}
+
+async fn render_chat(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
+    let obj = parse_object(&body)?;
+    let mut p = sim.chat_prompt(&obj)?;
+    sim.metrics.render_calls.inc();
+    Ok(Json(rendered(&sim, &obj, p.prompts.swap_remove(0), 0)))
+}
+
+async fn render_completion(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Json<Value>, SimError> {
+    let obj = parse_object(&body)?;
+    let p = sim.completion_prompts(&obj)?;
+    sim.metrics.render_calls.inc();
+    Ok(Json(Value::Array(p.prompts.into_iter().enumerate().map(|(n, t)| rendered(&sim, &obj, t, n)).collect())))
 }
 
 async fn health(State(sim): State<Arc<Sim>>) -> StatusCode {

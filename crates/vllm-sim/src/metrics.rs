@@ -14,6 +14,7 @@ pub(crate) struct SimMetrics {
     pub ttft: Histogram,
     /// Not a vLLM series: `/tokenize` calls answered, so tests can see where tokenize traffic goes.
     pub tokenize_calls: IntCounter,
+    pub render_calls: IntCounter,
 }
 
 impl SimMetrics {
@@ -40,6 +41,13 @@ impl SimMetrics {
             Opts::new("vllm_sim_tokenize_requests_total", "/tokenize calls answered (vllm-sim only)")
                 .const_label("model_name", model),
         )?;
+        let render_calls = IntCounter::with_opts(
+            Opts::new(
+                "vllm_sim_render_requests_total",
+                "/v1/completions/render and /v1/chat/completions/render calls answered (vllm-sim only)",
+            )
+            .const_label("model_name", model),
+        )?;
         let info = Gauge::with_opts(
             opts("vllm:cache_config_info", "Information of the KV cache config")
                 .const_label("block_size", block_size.to_string())
@@ -60,6 +68,7 @@ impl SimMetrics {
             Box::new(ttft.clone()),
             Box::new(info),
             Box::new(tokenize_calls.clone()),
+            Box::new(render_calls.clone()),
         ] {
             registry.register(c)?;
         }
@@ -74,6 +83,7 @@ impl SimMetrics {
             generation_tokens,
             ttft,
             tokenize_calls,
+            render_calls,
         })
     }
 
