@@ -216,12 +216,12 @@ impl Router {
         self.metrics.observe_phase(Phase::Lookup, t.elapsed());
 
         let t = Instant::now();
-        // Rendezvous placement keeps replicas without shared state in agreement. When every pod's
-        // events are trusted the replicas agree through the events, and a balanced placement
-        // (load, then the smaller footprint) serves time to first token better.
+        // Rendezvous placement (the default) keeps replicas without shared state in agreement.
+        // When every pod's events are trusted the replicas agree through the events, and a
+        // balanced placement (load, then the smaller footprint) serves time to first token better;
+        // `--placement balanced` asks for it always (one replica).
         let all_exact = candidates.iter().all(|e| e.trust() == Trust::Exact);
-        let rendezvous = self.cfg.placement == Placement::Rendezvous && !all_exact;
-        let placement = if rendezvous { hashes.first().copied() } else { None };
+        let placement = hashes.first().copied().filter(|_| self.cfg.placement == Placement::Rendezvous && !all_exact);
         let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
         let pick = state.policy.pick(&facts, &request_facts);
         self.metrics.observe_phase(Phase::Pick, t.elapsed());
