@@ -48,7 +48,7 @@ enum Policy {
     RoundRobin,
     LeastLoad,
     PrefixLocal,
-    PrefixBalanced,
+    PrefixRendezvous,
     PrefixRemote,
     PrefixEvents,
     VllmRouter,
@@ -62,7 +62,7 @@ impl Policy {
         Policy::RoundRobin,
         Policy::LeastLoad,
         Policy::PrefixLocal,
-        Policy::PrefixBalanced,
+        Policy::PrefixRendezvous,
         Policy::PrefixRemote,
         Policy::PrefixEvents,
         Policy::VllmRouter,
@@ -75,7 +75,7 @@ impl Policy {
             Policy::RoundRobin => "round-robin",
             Policy::LeastLoad => "least-load",
             Policy::PrefixLocal => "prefix-router (local tokens)",
-            Policy::PrefixBalanced => "prefix-router (local tokens, balanced placement)",
+            Policy::PrefixRendezvous => "prefix-router (local tokens, rendezvous placement)",
             Policy::PrefixRemote => "prefix-router (remote tokens)",
             Policy::PrefixEvents => "prefix-router (KV events)",
             Policy::VllmRouter => "vllm-router 0.1.17 (cache_aware)",
@@ -115,7 +115,7 @@ impl Policy {
             Policy::RoundRobin => vec!["--policy", "round-robin"],
             Policy::LeastLoad => vec!["--policy", "least-load"],
             Policy::PrefixLocal => vec!["--policy", "prefix"],
-            Policy::PrefixBalanced => vec!["--policy", "prefix", "--placement", "balanced"],
+            Policy::PrefixRendezvous => vec!["--policy", "prefix", "--placement", "rendezvous"],
             Policy::PrefixRemote => [&["--policy", "prefix"][..], REMOTE_TOKENS].concat(),
             Policy::PrefixEvents => [&["--policy", "prefix", "--kv-events=true"][..], REMOTE_TOKENS].concat(),
             Policy::VllmRouter | Policy::SglangRouter | Policy::Oracle => vec![],
@@ -638,7 +638,7 @@ fn verdict(rows: &[Row]) -> String {
     if let (Some(h), Some(p), Some(o)) = (best_hit, best_p90, best_out) {
         for ours in [
             "prefix-router (local tokens)",
-            "prefix-router (local tokens, balanced placement)",
+            "prefix-router (local tokens, rendezvous placement)",
             "prefix-router (KV events)",
         ] {
             let Some(r) = get(ours) else { continue };
@@ -793,9 +793,10 @@ async fn main() {
          (`examples/envoy-buffered.yaml`: request body BUFFERED, response body NONE, the router's defaults) per \
          policy, all fresh for every row, all on the same machine. The peers vllm-router 0.1.17 and sglang-router \
          0.3.2 (PyPI, `benches/peers.sh`) run their `cache_aware` policy with the router's balance guard (8 / 1.5×) \
-         as HTTP proxies the client talks to (one per replica, requests spread round robin). The balanced-placement \
-         row is the router with `--placement balanced` (default `rendezvous`): a prompt no pod holds goes to the \
-         least loaded pod, then the one caching least, instead of where rendezvous hashing puts it. Requests stream with \
+         as HTTP proxies the client talks to (one per replica, requests spread round robin). The rendezvous-placement \
+         row is the router with `--placement rendezvous` (the default is `auto`: balanced while the pods' metrics show \
+         no other sender, rendezvous once they do): a prompt no pod holds always goes where rendezvous hashing puts it. \
+         Requests stream with \
          `include_usage`; TTFT is the first SSE chunk at the client. Open loop with a cap of {CONCURRENCY} requests in flight. \
          Hit rate (usage) is token-weighted `cached_tokens / prompt_tokens`; hit rate (sims) is \
          `vllm:prefix_cache_hits_total / queries_total`. The oracle asks every sim what it holds or is computing \

@@ -165,9 +165,14 @@ pub struct Config {
     pub balance_rel_threshold: f64,
     /// Where a prompt no pod holds goes (unless every pod's KV events are trusted, when it is
     /// always balanced): `rendezvous` keeps router replicas without events in agreement,
-    /// `balanced` spreads new prompts evenly (one replica).
-    #[arg(long, env = "PREFIX_ROUTER_PLACEMENT", value_enum, default_value_t = Placement::Rendezvous)]
+    /// `balanced` spreads new prompts evenly (one replica), `auto` is balanced until the pods'
+    /// metrics show that others send them requests too, then rendezvous.
+    #[arg(long, env = "PREFIX_ROUTER_PLACEMENT", value_enum, default_value_t = Placement::Auto)]
     pub placement: Placement,
+    /// How often each vLLM pod's `/metrics` is read to tell whether others send it requests
+    /// (`--placement auto`).
+    #[arg(long, env = "PREFIX_ROUTER_TRAFFIC_PERIOD", default_value = "1s", value_parser = duration)]
+    pub traffic_period: Duration,
     /// Most in-flight requests per pod; when every pod of a model is at it, 429. 0 = no limit.
     #[arg(long, env = "PREFIX_ROUTER_MAX_INFLIGHT_PER_POD", default_value_t = 0)]
     pub max_inflight_per_pod: u64,
@@ -284,7 +289,7 @@ impl Config {
 
     /// Checks what clap cannot: relations and ranges. The message names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 9] = [
             (self.block_size > 0, "--block-size (PREFIX_ROUTER_BLOCK_SIZE) must be > 0"),
             (self.index_blocks_per_pod > 0, "--index-blocks-per-pod (PREFIX_ROUTER_INDEX_BLOCKS_PER_POD) must be > 0"),
             (
@@ -303,6 +308,10 @@ impl Config {
             (
                 self.balance_rel_threshold >= 1.0,
                 "--balance-rel-threshold (PREFIX_ROUTER_BALANCE_REL_THRESHOLD) must be ≥ 1",
+            ),
+            (
+                self.traffic_period >= Duration::from_millis(100),
+                "--traffic-period (PREFIX_ROUTER_TRAFFIC_PERIOD) must be ≥ 100ms",
             ),
             (
                 http::HeaderName::from_bytes(self.destination_header.as_bytes()).is_ok()
@@ -373,6 +382,7 @@ mod tests {
         assert_eq!((c.grpc_port, c.grpc_health_port, c.metrics_port, c.block_size), (9002, 9003, 9090, 16));
         assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
         assert_eq!(c.max_body_bytes, 8 << 20);
+        assert_eq!(c.routing().placement, Placement::Auto);
         c.validate().expect("defaults are valid");
         let err = Config::try_parse_from(["prefix-router", "--endpoints-file", "e", "--inflight-ttl", "5x"])
             .expect_err("bad");

@@ -250,6 +250,8 @@ pub struct StateSample {
     pub ejected: Vec<(String, u64)>,
     /// (model, trust state, endpoints)
     pub trust: Vec<(String, &'static str, u64)>,
+    /// (model, traffic state, endpoints)
+    pub traffic: Vec<(String, &'static str, u64)>,
     /// (model, pod address, blocks indexed)
     pub index_blocks: Vec<(String, String, u64)>,
     /// Models with a remote tokenizer entry (None when remote tokenization is off).
@@ -263,6 +265,7 @@ struct Gauges {
     endpoints: IntGaugeVec,
     ejected: IntGaugeVec,
     trust: IntGaugeVec,
+    traffic: IntGaugeVec,
     index: IntGaugeVec,
     tok_models: IntGaugeVec,
     tok_endpoints: IntGaugeVec,
@@ -277,6 +280,11 @@ fn gauges() -> Result<Gauges, prometheus::Error> {
         trust: vec(
             "prefix_router_endpoints_by_trust",
             "Ready endpoints by how routing sees their cache: exact (KV events), degraded, history",
+            &["model", "state"],
+        )?,
+        traffic: vec(
+            "prefix_router_endpoints_by_traffic",
+            "Ready endpoints by who sends them requests: alone (only this router), shared, counting, unknown",
             &["model", "state"],
         )?,
         index: vec("prefix_router_index_blocks", "Prefix-index blocks per pod", &["model", "upstream"])?,
@@ -296,6 +304,8 @@ impl<F: Fn() -> StateSample + Send + Sync> StateCollector<F> {
             g.inflight.desc(),
             g.endpoints.desc(),
             g.ejected.desc(),
+            g.trust.desc(),
+            g.traffic.desc(),
             g.index.desc(),
             g.tok_models.desc(),
             g.tok_endpoints.desc(),
@@ -328,12 +338,16 @@ impl<F: Fn() -> StateSample + Send + Sync> Collector for StateCollector<F> {
         for (model, state, n) in &s.trust {
             g.trust.with_label_values(&[model.as_str(), state]).set(*n as i64);
         }
+        for (model, state, n) in &s.traffic {
+            g.traffic.with_label_values(&[model.as_str(), state]).set(*n as i64);
+        }
         for (model, pod, n) in &s.index_blocks {
             g.index.with_label_values(&[model, pod]).set(*n as i64);
         }
         let mut out =
             [g.inflight.collect(), g.endpoints.collect(), g.ejected.collect(), g.trust.collect(), g.index.collect()]
                 .concat();
+        out.extend(g.traffic.collect());
         if let Some(n) = s.tokenizer_models {
             g.tok_models.with_label_values::<&str>(&[]).set(n as i64);
             for (model, state, n) in &s.tokenizer_endpoints {

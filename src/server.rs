@@ -154,6 +154,9 @@ pub async fn run(
         };
         tasks.spawn(crate::kv_events::follow_discovery(Arc::clone(&registry), sink, settings, stop_rx.clone()));
     }
+    if cfg.placement == crate::routing::Placement::Auto {
+        tasks.spawn(crate::discovery::traffic::watch(Arc::clone(&registry), cfg.traffic_period, stop_rx.clone()));
+    }
     tasks.spawn(crate::discovery::health::probe(
         Arc::clone(&registry),
         Arc::clone(&metrics),
@@ -348,6 +351,9 @@ async fn endpoints_handler(
                     "event_blocks": a.router.event_blocks(&m.name, e.id),
                     // The pod's KV cache in tokens, from its vllm:cache_config_info (null: not known yet).
                     "cache_tokens": e.cache_tokens(),
+                    // Whether others send the pod requests too (--placement auto): counting, alone,
+                    // shared, unknown.
+                    "traffic": e.traffic().label(), "routed": e.routed(),
                 })).collect::<Vec<_>>(),
             })
         })

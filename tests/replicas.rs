@@ -1,8 +1,9 @@
 //! Several router replicas behind one real Envoy (it spreads ext_proc streams over them round
 //! robin, as a Service in front of a Deployment does) in front of four `vllm-sim` pods, on
 //! multi-turn conversations that resend their history each turn. With KV events every replica
-//! sees what every pod holds; without events and without a tokenizer, rendezvous placement alone
-//! keeps replicas agreeing.
+//! sees what every pod holds; without events and without a tokenizer, the replicas see in the
+//! pods' metrics that others send them requests too, and place new conversations by rendezvous
+//! hashing, which keeps them agreeing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -71,6 +72,37 @@ fn user_turn(conversation: usize, turn: usize) -> String {
         .collect()
 }
 
+/// Each replica's view of who sends the pods requests, from `/debug/endpoints`.
+async fn traffic(routers: &[Proc]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for r in routers {
+        let admin = r.line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).expect("admin").to_owned();
+        let v: Value =
+            client().get(format!("{admin}/debug/endpoints")).send().await.expect("debug").json().await.expect("json");
+        let eps = v["models"][0]["endpoints"].as_array().expect("endpoints");
+        out.push(eps.iter().map(|e| e["traffic"].as_str().unwrap_or("").to_owned()).collect());
+    }
+    out
+}
+
+/// Unrelated requests through Envoy until every replica has seen another sender at some pod.
+async fn until_replicas_see_each_other(setup: &Setup) -> Duration {
+    let (start, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(20));
+    let url = setup.envoy.url("/v1/completions");
+    for n in 0.. {
+        let seen = traffic(&setup.routers).await;
+        if seen.iter().all(|pods| pods.iter().any(|t| t == "shared")) {
+            return start.elapsed();
+        }
+        assert!(Instant::now() < deadline, "replicas never saw each other: {seen:?}");
+        let body = json!({"model": "tiny-chat", "prompt": format!("warm-up {n}: nothing to do with the chats"), "max_tokens": 1});
+        let res = client().post(&url).json(&body).send().await.expect("request");
+        assert_eq!(res.status(), 200, "no failed request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!()
+}
+
 /// (later turns on their conversation's first pod, later turns, the sims' prefix-cache hit rate)
 async fn conversations(setup: &Setup) -> (usize, usize, f64) {
     let url = setup.envoy.url("/v1/chat/completions");
@@ -115,7 +147,7 @@ async fn conversations(setup: &Setup) -> (usize, usize, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_agree_with_events_and_with_rendezvous_alone() {
+async fn three_replicas_agree_with_events_and_without_by_seeing_each_other_in_the_pods_metrics() {
     let one = start(1, true);
     wait_exact(&one.routers).await;
     let (stuck1, later1, hit1) = conversations(&one).await;
@@ -135,6 +167,8 @@ async fn three_replicas_agree_with_events_and_with_rendezvous_alone() {
     assert!(hit3 >= hit1 * 0.95, "with events: hit rate {hit3:.3} vs one replica's {hit1:.3}");
 
     let plain = start(3, false);
+    let took = until_replicas_see_each_other(&plain).await;
+    eprintln!("3 replicas, no events: each saw another sender after {took:?}");
     let (stuck0, later0, hit0) = conversations(&plain).await;
     eprintln!(
         "3 replicas, no events, no tokenizer: {stuck0}/{later0} later turns on their first pod, hit rate {:.1}% ({:.1}% of one replica's with events)",
@@ -143,4 +177,12 @@ async fn three_replicas_agree_with_events_and_with_rendezvous_alone() {
     );
     assert!(stuck0 * 100 >= later0 * 90, "rendezvous alone: {stuck0}/{later0}");
     assert!(hit0 >= hit1 * 0.90, "rendezvous alone: hit rate {hit0:.3} vs {hit1:.3}");
+    drop(plain);
+
+    // One replica without events: every pod's requests are its own.
+    let alone = start(1, false);
+    let (_, later, _) = conversations(&alone).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let seen = traffic(&alone.routers).await;
+    assert!(seen[0].iter().all(|t| t == "alone"), "after {later} later turns: {seen:?}");
 }

@@ -128,7 +128,7 @@ pub async fn probe(
 }
 
 /// A pod's `/metrics` text, `None` when it did not answer with success.
-async fn metrics_text(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<String> {
+pub(super) async fn metrics_text(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option<String> {
     let res = http.get(format!("http://{addr}/metrics")).send().await.ok()?;
     if !res.status().is_success() {
         return None;

@@ -6,6 +6,7 @@ pub mod health;
 pub mod inference_pool;
 pub mod kubernetes;
 pub mod static_file;
+pub mod traffic;
 
 use arc_swap::ArcSwap;
 use hf_chat::HfTokenizer;
@@ -54,6 +55,10 @@ pub struct Endpoint {
     /// Tokens the pod's KV cache holds (`num_gpu_blocks × block_size` from its
     /// `vllm:cache_config_info`), 0 while unknown: see `health`.
     cache_tokens: AtomicU64,
+    /// Requests this router sent the pod (every in-flight guard taken): see `traffic`.
+    routed: AtomicU64,
+    /// Whether others send the pod requests too ([`traffic::Traffic`], set by `traffic`).
+    traffic: std::sync::atomic::AtomicU8,
 }
 
 /// How routing sees a pod's cache.
@@ -115,6 +120,19 @@ impl Endpoint {
     pub fn set_cache_tokens(&self, tokens: Option<u64>) {
         self.cache_tokens.store(tokens.filter(|t| *t > 0).unwrap_or(CACHE_NOT_REPORTED), Ordering::Relaxed);
     }
+
+    /// Requests this router has sent the pod.
+    pub fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
+    }
+
+    pub fn traffic(&self) -> traffic::Traffic {
+        traffic::Traffic::from_u8(self.traffic.load(Ordering::Acquire))
+    }
+
+    pub fn set_traffic(&self, t: traffic::Traffic) {
+        self.traffic.store(t.to_u8(), Ordering::Release);
+    }
 }
 
 /// `cache_tokens` of a pod whose `/metrics` answered without `vllm:cache_config_info`.
@@ -128,6 +146,7 @@ pub struct InflightGuard(Arc<Endpoint>);
 impl InflightGuard {
     pub fn new(endpoint: Arc<Endpoint>) -> Self {
         endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+        endpoint.routed.fetch_add(1, Ordering::Relaxed);
         Self(endpoint)
     }
 
@@ -137,11 +156,12 @@ impl InflightGuard {
         if cap == 0 {
             return Some(Self::new(Arc::clone(endpoint)));
         }
-        endpoint
-            .inflight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
-            .ok()
-            .map(|_| Self(Arc::clone(endpoint)))
+        endpoint.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).ok().map(
+            |_| {
+                endpoint.routed.fetch_add(1, Ordering::Relaxed);
+                Self(Arc::clone(endpoint))
+            },
+        )
     }
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
@@ -286,6 +306,8 @@ impl Registry {
                         trust: std::sync::atomic::AtomicU8::new(0),
                         probe_failures: std::sync::atomic::AtomicU8::new(0),
                         cache_tokens: AtomicU64::new(0),
+                        routed: AtomicU64::new(0),
+                        traffic: std::sync::atomic::AtomicU8::new(0),
                     })
                 });
                 if next_known.insert(ep.key.clone(), Arc::clone(&endpoint)).is_none() {

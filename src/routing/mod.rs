@@ -2,6 +2,7 @@
 //! record + in-flight guard. Nothing here knows about ext_proc or HTTP.
 
 use crate::discovery::health::Ejection;
+use crate::discovery::traffic::Traffic;
 use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
 use crate::metrics::Phase;
 use crate::metrics::{Metrics, StateSample};
@@ -69,13 +70,16 @@ pub enum PolicyKind {
 /// Where a prompt no pod holds goes, when not every candidate pod's KV events are trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
+    /// Balanced while this router sends all of the candidate pods' requests, rendezvous once
+    /// their metrics show other senders (router replicas, clients going around it): see
+    /// `discovery::traffic`.
+    Auto,
     /// Rendezvous hashing of its first block with bounded loads: router replicas that share no
     /// state place it on the same pod, so a conversation's later turns find it whichever replica
     /// routes them.
     Rendezvous,
     /// Least loaded, then the smallest cache footprint: new prompts spread evenly over the pods.
-    /// For one router replica (its TTFT tail, under cache pressure most); replicas lose their
-    /// agreement.
+    /// Best for one router (its TTFT tail, under cache pressure most); replicas lose agreement.
     Balanced,
 }
 
@@ -216,12 +220,18 @@ impl Router {
         self.metrics.observe_phase(Phase::Lookup, t.elapsed());
 
         let t = Instant::now();
-        // Rendezvous placement (the default) keeps replicas without shared state in agreement.
-        // When every pod's events are trusted the replicas agree through the events, and a
-        // balanced placement (load, then the smaller footprint) serves time to first token better;
-        // `--placement balanced` asks for it always (one replica).
+        // Rendezvous placement keeps routers that share no state in agreement. When every pod's
+        // events are trusted they agree through the events; when this router is the pods' only
+        // sender there is no one to agree with. Either way a balanced placement (load, then the
+        // smaller footprint) serves time to first token better.
         let all_exact = candidates.iter().all(|e| e.trust() == Trust::Exact);
-        let placement = hashes.first().copied().filter(|_| self.cfg.placement == Placement::Rendezvous && !all_exact);
+        let rendezvous = !all_exact
+            && match self.cfg.placement {
+                Placement::Rendezvous => true,
+                Placement::Balanced => false,
+                Placement::Auto => candidates.iter().any(|e| e.traffic().has_other_senders()),
+            };
+        let placement = hashes.first().copied().filter(|_| rendezvous);
         let request_facts = RequestFacts { prompt_blocks: lookup.len(), placement };
         let pick = state.policy.pick(&facts, &request_facts);
         self.metrics.observe_phase(Phase::Pick, t.elapsed());
@@ -451,6 +461,10 @@ impl Router {
             for t in [Trust::Exact, Trust::Degraded, Trust::History] {
                 let n = model.endpoints.iter().filter(|e| e.trust() == t).count() as u64;
                 s.trust.push((name.clone(), t.label(), n));
+            }
+            for t in [Traffic::Alone, Traffic::Shared, Traffic::Counting, Traffic::Unknown] {
+                let n = model.endpoints.iter().filter(|e| e.traffic() == t).count() as u64;
+                s.traffic.push((name.clone(), t.label(), n));
             }
             let index = models.get(name).map(|m| m.index.read().unwrap_or_else(std::sync::PoisonError::into_inner));
             for e in &model.endpoints {

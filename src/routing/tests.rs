@@ -46,6 +46,38 @@ async fn balanced_placement_spreads_new_prompts_evenly_and_conversations_still_s
 }
 
 #[tokio::test]
+async fn auto_placement_balances_while_alone_and_agrees_with_replicas_once_others_send() {
+    use crate::discovery::traffic::Traffic;
+    let cfg = RoutingConfig { placement: Placement::Auto, ..routing_config() };
+    let k = kit(vec![spec("m", 4)], cfg);
+    let pods: Vec<Arc<Endpoint>> = k.registry.snapshot().endpoints().cloned().collect();
+    let mut per_pod: HashMap<std::net::SocketAddr, usize> = HashMap::new();
+    for n in 0..8 {
+        // The first read of the pods' metrics has not come yet for the first four, then it says
+        // this router is alone: both are balanced.
+        if n == 4 {
+            for e in &pods {
+                e.set_traffic(Traffic::Alone);
+            }
+        }
+        let d = k.router.route(&completion("m", &format!("{n}: a conversation opens with its own words"))).await;
+        *per_pod.entry(d.expect("routed").endpoints[0].addr).or_default() += 1;
+    }
+    assert_eq!(per_pod.values().copied().collect::<Vec<_>>(), [2; 4], "{per_pod:?}");
+    assert_eq!(pods.iter().map(|e| e.routed()).sum::<u64>(), 8, "every decision is counted at its pod");
+    // One pod's metrics show others' requests: new prompts go where a replica with no history
+    // (rendezvous) puts them, for every prompt.
+    pods[2].set_traffic(Traffic::Shared);
+    let replica = kit(vec![spec("m", 4)], routing_config());
+    for n in 0..6 {
+        let text = format!("#{n}#{n}: another conversation, new to both");
+        let ours = k.router.route(&completion("m", &text)).await.expect("routed");
+        let theirs = replica.router.route(&completion("m", &text)).await.expect("routed");
+        assert_eq!(ours.endpoints[0].addr, theirs.endpoints[0].addr, "prompt {n}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_models_unready_models_and_an_unsynced_registry_are_typed_errors() {
     let k = kit(vec![spec("m", 2), spec("empty", 0)], routing_config());
     assert_eq!(
