@@ -154,7 +154,8 @@ pub async fn run(
         };
         tasks.spawn(crate::kv_events::follow_discovery(Arc::clone(&registry), sink, settings, stop_rx.clone()));
     }
-    if cfg.placement == crate::routing::Placement::Auto {
+    // Only the prefix policy places new prompts; the others have no use for the counts.
+    if cfg.placement == crate::routing::Placement::Auto && cfg.policy == crate::routing::PolicyKind::Prefix {
         tasks.spawn(crate::discovery::traffic::watch(Arc::clone(&registry), cfg.traffic_period, stop_rx.clone()));
     }
     tasks.spawn(crate::discovery::health::probe(
