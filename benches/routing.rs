@@ -499,6 +499,8 @@ struct Row {
     errors: usize,
     first_error: Option<String>,
     router_us: Option<f64>,
+    /// The router's mean time per decision phase, for the rows that run one.
+    phases: Option<String>,
     ttfts: Vec<f64>,
 }
 
@@ -532,11 +534,13 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         engine_ttft_s += metric(&m, "vllm:time_to_first_token_seconds_sum");
         engine_n += metric(&m, "vllm:time_to_first_token_seconds_count");
     }
-    let mut router_us = None;
-    let mut decisions = 0.0;
+    // Each phase's time, summed over the replicas: (sum µs, count).
+    const PHASES: [&str; 7] = ["parse", "tokenize", "tokenize_pool", "hash", "lookup", "pick", "total"];
+    let mut phase_sums = [(0.0, 0.0); PHASES.len()];
+    let mut any_router = false;
     for (_, admin) in &stack.routers {
+        any_router = true;
         let m = metrics(&http, admin).await;
-        // parse + total per decision (total covers tokenize, hash, lookup, pick), over replicas.
         let line = |suffix: &str, phase: &str| {
             m.lines()
                 .find(|l| {
@@ -545,12 +549,20 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
                 .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let n = line("count", "total");
-        let us = line("sum", "parse") / line("count", "parse").max(1.0) + line("sum", "total") / n.max(1.0);
-        router_us = Some(router_us.unwrap_or(0.0) + us * n);
-        decisions += n;
+        for (i, phase) in PHASES.iter().enumerate() {
+            phase_sums[i].0 += line("sum", phase);
+            phase_sums[i].1 += line("count", phase);
+        }
     }
-    let router_us = router_us.map(|sum| sum / decisions.max(1.0));
+    let mean_us = |phase: &str| {
+        let (sum, count) = PHASES.iter().position(|p| *p == phase).map_or((0.0, 0.0), |i| phase_sums[i]);
+        (count > 0.0).then(|| sum / count)
+    };
+    // parse + total per decision (total covers tokenize, hash, lookup, pick).
+    let router_us = any_router.then(|| mean_us("parse").unwrap_or(0.0) + mean_us("total").unwrap_or(0.0));
+    let phases = any_router.then(|| {
+        PHASES.iter().filter_map(|p| mean_us(p).map(|us| format!("{p} {us:.0} µs"))).collect::<Vec<_>>().join(", ")
+    });
     let mut per_pod: HashMap<String, usize> = HashMap::new();
     for r in &records {
         *per_pod.entry(r.pod.clone()).or_default() += 1;
@@ -579,6 +591,7 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         errors: errors.count,
         first_error: errors.first,
         router_us,
+        phases,
         ttfts,
     })
 }
@@ -664,6 +677,11 @@ fn verdict(rows: &[Row]) -> String {
         ),
         _ => String::new(),
     } + &versus;
+    let phases = get("prefix-router (local tokens)")
+        .and_then(|r| r.phases.as_ref())
+        .map(|p| format!("prefix-router (local tokens) decision, mean per phase: {p}.\n"))
+        .unwrap_or_default();
+    let events = events + &phases;
     let (Some(prefix), Some(oracle), Some(rr)) =
         (get("prefix-router (local tokens)"), get("oracle"), get("round-robin"))
     else {
