@@ -535,7 +535,8 @@ async fn run_policy(policy: Policy, w: &Workload, sims: usize, shape: Shape) -> 
         engine_n += metric(&m, "vllm:time_to_first_token_seconds_count");
     }
     // Each phase's time, summed over the replicas: (sum µs, count).
-    const PHASES: [&str; 7] = ["parse", "tokenize", "tokenize_pool", "hash", "lookup", "pick", "total"];
+    const PHASES: [&str; 8] =
+        ["parse", "tokenize", "tokenize_pool", "hash", "lookup", "pick", "total", "tokenize_tail"];
     let mut phase_sums = [(0.0, 0.0); PHASES.len()];
     let mut any_router = false;
     for (_, admin) in &stack.routers {

@@ -17,6 +17,8 @@ pub enum Phase {
     Tokenize,
     /// Waiting for and running on the tokenizer's CPU pool.
     TokenizePool,
+    /// A prompt's rest, tokenized and recorded after the decision (not part of `total`).
+    TokenizeTail,
     Hash,
     Lookup,
     Pick,
@@ -24,14 +26,23 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 7] =
-        [Phase::Parse, Phase::Tokenize, Phase::TokenizePool, Phase::Hash, Phase::Lookup, Phase::Pick, Phase::Total];
+    const ALL: [Phase; 8] = [
+        Phase::Parse,
+        Phase::Tokenize,
+        Phase::TokenizePool,
+        Phase::TokenizeTail,
+        Phase::Hash,
+        Phase::Lookup,
+        Phase::Pick,
+        Phase::Total,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Phase::Parse => "parse",
             Phase::Tokenize => "tokenize",
             Phase::TokenizePool => "tokenize_pool",
+            Phase::TokenizeTail => "tokenize_tail",
             Phase::Hash => "hash",
             Phase::Lookup => "lookup",
             Phase::Pick => "pick",

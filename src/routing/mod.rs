@@ -7,7 +7,7 @@ use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
 use crate::metrics::Phase;
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
-use crate::tokenizer::{Tokenize, TokenizeError};
+use crate::tokenizer::{Leading, Tail, Tokenize, TokenizeError};
 use prefix_index::policy::{
     Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
@@ -109,6 +109,41 @@ struct ModelState {
 
 type Models = Arc<RwLock<HashMap<String, Arc<ModelState>>>>;
 
+/// A decision's prompt whose rest is tokenized after the decision: its whole hashes are recorded
+/// at the chosen pod once known (its leading blocks were recorded with the decision).
+struct TailRecord {
+    state: Arc<ModelState>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    pod: Arc<Endpoint>,
+    capacity: Option<usize>,
+    model: String,
+    /// Blocks the chosen pod held of the prompt at the decision.
+    matched: usize,
+    block_size: usize,
+}
+
+impl TailRecord {
+    async fn finish(self, rest: Tail, seed: HashSeed, mut ids: Vec<u32>) {
+        let started = Instant::now();
+        let Some(more) = rest.ids_off_path().await else { return };
+        ids.extend_from_slice(&more);
+        let hashes = block_hashes(&ids, self.block_size, seed);
+        {
+            let mut index = self.state.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.registry.is_live(&self.pod.model, self.pod.id) {
+                index.record(self.pod.id, &hashes, self.capacity, self.pod.trust());
+            }
+        }
+        let matchable = ids.len().saturating_sub(1) / self.block_size.max(1);
+        if matchable > 0 {
+            let ratio = self.matched.min(matchable) as f64 / matchable as f64;
+            self.metrics.matched_ratio.with_label_values(&[&self.model]).observe(ratio);
+        }
+        self.metrics.observe_phase(Phase::TokenizeTail, started.elapsed());
+    }
+}
+
 pub struct Router {
     registry: Arc<Registry>,
     tokenizer: Arc<dyn Tokenize>,
@@ -158,17 +193,43 @@ impl Router {
         // catch-all serves it), the same model name KV events are seeded with.
         let state = self.model_state(&model.name);
 
-        let (mut matchable, mut space) = (0, "none");
+        let (mut matchable, mut space, mut deferred) = (0, "none", false);
+        // The prompt's rest, when it is tokenized after the decision: its tokens' seed and the
+        // leading ids it continues.
+        let mut tail: Option<(Tail, HashSeed, Vec<u32>)> = None;
         let hashes = if matches!(req.kind, Kind::Other) {
             Vec::new()
         } else {
             let t = Instant::now();
             // The trait's implementations fall back internally: an error means "no tokens", unless
             // the request itself cannot be tokenized.
-            let tokens = match self.tokenizer.tokenize(model, req).await {
-                Ok(tokens) => Some(tokens),
+            let leading = match self.tokenizer.tokenize_leading(model, req).await {
+                Ok(leading) => Some(leading),
                 Err(TokenizeError::Rejected(m)) => return Err(RouteError::InvalidRequest(m)),
                 Err(_) => None,
+            };
+            let block_size = self.cfg.block_size.max(1);
+            let (tokens, rest) = match leading {
+                Some(Leading { mut tokens, tail: Some(rest) }) => {
+                    // The rest can wait for the decision when the leading tokens hold a block to
+                    // match and no pod's events are trusted: the index then holds only what this
+                    // router recorded, and it never recorded the rest (its pieces are new). Else
+                    // a pod's cache may hold it: tokenize it now.
+                    let exact = model.endpoints.iter().any(|e| e.trust() == Trust::Exact);
+                    if exact || tokens.ids.len() < block_size {
+                        match rest.ids() {
+                            Ok(ids) => {
+                                tokens.ids.extend_from_slice(&ids);
+                                (Some(tokens), None)
+                            }
+                            Err(_) => (None, None),
+                        }
+                    } else {
+                        (Some(tokens), Some(rest))
+                    }
+                }
+                Some(Leading { tokens, tail: None }) => (Some(tokens), None),
+                None => (None, None),
             };
             self.metrics.observe_phase(Phase::Tokenize, t.elapsed());
             let t = Instant::now();
@@ -176,8 +237,15 @@ impl Router {
                 space = tokens.space.label();
                 self.metrics.tokenized.with_label_values(&[space]).inc();
                 let seed = HashSeed::new(&model.name, req.cache_salt.as_deref(), tokens.space.id());
-                matchable = tokens.ids.len().saturating_sub(1) / self.cfg.block_size.max(1);
-                block_hashes(&tokens.ids, self.cfg.block_size, seed)
+                let hashes = block_hashes(&tokens.ids, self.cfg.block_size, seed);
+                if let Some(rest) = rest {
+                    // The prompt goes on after these tokens: each of their full blocks can match.
+                    matchable = tokens.ids.len() / block_size;
+                    tail = Some((rest, seed, tokens.ids));
+                } else {
+                    matchable = tokens.ids.len().saturating_sub(1) / block_size;
+                }
+                hashes
             });
             self.metrics.observe_phase(Phase::Hash, t.elapsed());
             hashes
@@ -256,9 +324,26 @@ impl Router {
                 index.record(candidates[chosen].id, &hashes, capacity, candidates[chosen].trust());
             }
             drop(index);
-            if !lookup.is_empty() {
-                let ratio = facts[chosen].matched_blocks as f64 / lookup.len() as f64;
-                self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
+            deferred = tail.is_some();
+            match tail.take() {
+                Some((rest, seed, ids)) => {
+                    let pending = TailRecord {
+                        state: Arc::clone(&state),
+                        registry: Arc::clone(&self.registry),
+                        metrics: Arc::clone(&self.metrics),
+                        pod: Arc::clone(candidates[chosen]),
+                        capacity: self.capacity_blocks(candidates[chosen]),
+                        model: req.model.clone(),
+                        matched: facts[chosen].matched_blocks,
+                        block_size: self.cfg.block_size,
+                    };
+                    tokio::spawn(pending.finish(rest, seed, ids));
+                }
+                None if !lookup.is_empty() => {
+                    let ratio = facts[chosen].matched_blocks as f64 / lookup.len() as f64;
+                    self.metrics.matched_ratio.with_label_values(&[&req.model]).observe(ratio);
+                }
+                None => {}
             }
         }
         self.metrics.decisions.with_label_values(&[&req.model, outcome.label()]).inc();
@@ -275,6 +360,7 @@ impl Router {
                 outcome: outcome.label(),
                 tokens: space,
                 prompt_blocks: lookup.len(),
+                tail: deferred,
                 placement: if rendezvous { "rendezvous" } else { "cost" },
                 chosen: candidates[chosen].addr,
                 candidates: listed

@@ -22,8 +22,13 @@ pub struct Receipt {
     pub outcome: &'static str,
     /// Where the tokens came from: `engine`, `local`, `approx`, or `none`.
     pub tokens: &'static str,
-    /// Full prompt blocks that could match a cached prefix.
+    /// Full prompt blocks that could match a cached prefix (with `tail`, those of the leading
+    /// tokens the decision had).
     pub prompt_blocks: usize,
+    /// The prompt's new text was tokenized after the decision: the decision had its leading
+    /// tokens (the pieces the tokenizer already knew), which decide the match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tail: bool,
     /// `rendezvous` when no pod held any of the prompt and it was placed by its first block (as
     /// every replica places it), else `cost`.
     pub placement: &'static str,

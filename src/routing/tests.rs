@@ -250,3 +250,110 @@ async fn a_block_aligned_prompt_s_last_block_is_not_counted_as_cached() {
     let single = k.router.route(&completion("m", "abcd")).await.expect("routed");
     assert_eq!(single.outcome, Outcome::LoadOnly, "a one-block prompt has nothing cacheable before its last token");
 }
+
+/// A router with the Qwen3 tokenizer and its piece cache, wired as the server wires them.
+fn piece_router(specs: Vec<crate::discovery::ModelSpec>) -> (Router, Arc<Metrics>) {
+    use crate::tokenizer::{LocalTokenizer, PieceCache, TokenCache, Tokenization};
+    let registry = Arc::new(Registry::new());
+    let tok = Arc::new(hf_chat::HfTokenizer::from_dir(&crate::test_fixture_dir()).expect("fixture"));
+    registry.publish(
+        specs.into_iter().map(|s| crate::discovery::ModelSpec { tokenizer: Some(Arc::clone(&tok)), ..s }).collect(),
+    );
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = Arc::new(TokenCache::new(1 << 20));
+    let local = LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
+    let tokenization = Tokenization::new(local, None, cache, Arc::clone(&metrics));
+    let cfg = RoutingConfig { block_size: 16, ..routing_config() };
+    (Router::new(registry, Arc::new(tokenization), cfg, Arc::clone(&metrics)), metrics)
+}
+
+fn chat(messages: &[serde_json::Value]) -> InferenceRequest {
+    let body = serde_json::json!({"model": "m", "messages": messages});
+    crate::openai::parse(crate::openai::Endpoint::ChatCompletions, body.to_string().as_bytes()).expect("parses")
+}
+
+fn turn(role: &str, text: &str, times: usize) -> serde_json::Value {
+    serde_json::json!({"role": role, "content": text.repeat(times)})
+}
+
+/// Tails tokenized and recorded after their decisions so far.
+fn tails_done(metrics: &Metrics) -> u64 {
+    metrics.phase_us.with_label_values(&["tokenize_tail"]).get_sample_count()
+}
+
+async fn wait_for_tails(metrics: &Metrics, n: u64) {
+    for _ in 0..200 {
+        if tails_done(metrics) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{} of {n} tails recorded", tails_done(metrics));
+}
+
+#[tokio::test]
+async fn a_chat_s_new_text_is_tokenized_after_the_decision_and_the_whole_prompt_is_recorded() {
+    let (router, metrics) = piece_router(vec![spec("m", 4)]);
+    let system = turn("system", "You answer questions about caches and their eviction. ", 30);
+    let q1 = turn("user", "Which block goes first when the pool is full? ", 6);
+    let a1 = turn("assistant", "The least recently used one, unless it is pinned. ", 4);
+    let q2 = turn("user", "And when two requests share it? ", 5);
+
+    // A new conversation: nothing is known yet, so it is tokenized whole before the decision.
+    let first = router.route(&chat(&[system.clone(), q1.clone()])).await.expect("routed");
+    let pod = first.endpoints[0].addr;
+    let first_receipt = first.receipt.clone().expect("receipt");
+    assert!(!first_receipt.tail);
+    drop(first);
+    assert_eq!(tails_done(&metrics), 0);
+
+    // The same system prompt with a new question: the decision has the system prompt's tokens
+    // (from the piece cache) and finds its blocks; the question is tokenized after.
+    let other = router.route(&chat(&[system.clone(), turn("user", "What is a block? ", 3)])).await.expect("routed");
+    let r = other.receipt.clone().expect("receipt");
+    assert!(r.tail, "{r:?}");
+    assert_eq!((other.endpoints[0].addr, other.outcome), (pod, Outcome::PrefixHit));
+    let system_blocks = r.candidates.iter().map(|c| c.matched_blocks).max().unwrap_or(0);
+    assert!(system_blocks >= 15 && r.prompt_blocks == system_blocks, "{r:?}");
+    drop(other);
+    wait_for_tails(&metrics, 1).await;
+
+    // The next turn of the first conversation: its earlier turn's blocks, recorded whole with the
+    // first decision, match beyond the system prompt; its new text (the reply and the next
+    // question) is again tokenized after the decision, then recorded too.
+    let next = router.route(&chat(&[system.clone(), q1.clone(), a1.clone(), q2.clone()])).await.expect("routed");
+    let r = next.receipt.clone().expect("receipt");
+    assert!(r.tail, "{r:?}");
+    assert_eq!(next.endpoints[0].addr, pod);
+    let matched = r.candidates.iter().find(|c| c.pod == pod).map_or(0, |c| c.matched_blocks);
+    assert!(matched > system_blocks, "matched {matched}, the system prompt alone {system_blocks}");
+    drop(next);
+    wait_for_tails(&metrics, 2).await;
+
+    // Once recorded, the whole of that turn is known: the same prompt again matches all of it,
+    // with nothing left to tokenize after.
+    let messages = [system, q1, a1, q2];
+    let whole = router.tokens_for(&chat(&messages)).await.expect("tokens");
+    let again = router.route(&chat(&messages)).await.expect("routed");
+    let r = again.receipt.clone().expect("receipt");
+    let full_blocks = (whole.ids.len() - 1) / 16;
+    assert!(!r.tail && r.prompt_blocks == full_blocks && full_blocks > matched, "{r:?}");
+    assert_eq!(r.candidates.iter().find(|c| c.pod == pod).map(|c| c.matched_blocks), Some(full_blocks));
+}
+
+#[tokio::test]
+async fn with_trusted_kv_events_a_chat_is_tokenized_whole_before_the_decision() {
+    let (router, metrics) = piece_router(vec![spec("m", 2)]);
+    for e in router.registry.snapshot().endpoints() {
+        e.set_trust(Trust::Exact);
+    }
+    let system = turn("system", "You answer questions about caches and their eviction. ", 30);
+    drop(router.route(&chat(&[system.clone(), turn("user", "A first question? ", 4)])).await.expect("routed"));
+    // The pods' caches may hold text this router never tokenized: the decision waits for it.
+    let messages = [system, turn("user", "A second question, not seen before? ", 4)];
+    let d = router.route(&chat(&messages)).await.expect("routed");
+    let r = d.receipt.clone().expect("receipt");
+    let whole = router.tokens_for(&chat(&messages)).await.expect("tokens");
+    assert!(!r.tail && r.prompt_blocks == (whole.ids.len() - 1) / 16, "{r:?}");
+    assert_eq!(tails_done(&metrics), 0);
+}

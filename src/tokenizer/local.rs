@@ -6,7 +6,7 @@
 //! [`HfTokenizer::pieces`]), and each piece's ids are kept in the token cache: a conversation's
 //! system prompt and earlier turns are tokenized once, not every turn.
 
-use super::{CpuPool, TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
+use super::{CpuPool, Leading, TokenCache, TokenSpace, Tokenize, TokenizeError, Tokens};
 use crate::discovery::Model;
 use crate::metrics::Metrics;
 use crate::openai::{InferenceRequest, Kind, Prompt};
@@ -39,6 +39,96 @@ pub struct PieceCache {
     pub metrics: Arc<Metrics>,
 }
 
+impl PieceCache {
+    /// Appends the ids of `pieces` (a cut of one text, in order) to `ids`, each text piece from
+    /// the cache or tokenized and kept. With `stop_at_new`, stops at the first text piece the
+    /// cache does not hold, once `ids` has some, and returns that piece.
+    fn extend<'t>(
+        &self,
+        tok: &HfTokenizer,
+        pieces: &[Piece<'t>],
+        ids: &mut Vec<u32>,
+        stop_at_new: bool,
+    ) -> Result<Option<&'t str>, String> {
+        let space = TokenSpace::Local(tok.fingerprint());
+        let tokenizer_key = format!("{:016x}", tok.fingerprint());
+        let (mut reused, mut tokenized) = (0, 0);
+        let mut stopped = None;
+        for piece in pieces {
+            match *piece {
+                Piece::Added(id) => {
+                    ids.push(id);
+                    tokenized += 1;
+                }
+                Piece::Text(t) => {
+                    let key = TokenCache::key("piece", &tokenizer_key, t.as_bytes());
+                    if let Some((_, cached)) = self.cache.get(key) {
+                        ids.extend_from_slice(&cached);
+                        reused += cached.len();
+                    } else if stop_at_new && !ids.is_empty() {
+                        stopped = Some(t);
+                        break;
+                    } else {
+                        let piece_ids = tok.encode(t, false)?;
+                        ids.extend_from_slice(&piece_ids);
+                        tokenized += piece_ids.len();
+                        self.cache.insert(key, (space, Arc::from(piece_ids)));
+                    }
+                }
+            }
+        }
+        self.metrics.piece_tokens.with_label_values(&["reused"]).inc_by(reused as u64);
+        self.metrics.piece_tokens.with_label_values(&["tokenized"]).inc_by(tokenized as u64);
+        Ok(stopped)
+    }
+}
+
+/// The rest of a prompt whose leading pieces came from the piece cache, from its first new piece
+/// on: tokenized after the decision, off the request's path.
+pub struct Tail {
+    tok: Arc<HfTokenizer>,
+    text: String,
+    /// The post-processor's closing special tokens, if any.
+    after: Vec<u32>,
+    pieces: PieceCache,
+    cpu: Option<Arc<CpuPool>>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the text: prompts are user data.
+        f.debug_struct("Tail").field("bytes", &self.text.len()).finish_non_exhaustive()
+    }
+}
+
+impl Tail {
+    /// The rest's ids, tokenized here (each new piece kept in the cache): what follows the
+    /// leading ids to make the whole prompt's.
+    pub fn ids(self) -> Result<Vec<u32>, String> {
+        let mut ids = Vec::new();
+        match self.tok.pieces(&self.text) {
+            Some(cut) => {
+                self.pieces.extend(&self.tok, &cut, &mut ids, false)?;
+            }
+            None => ids = self.tok.encode(&self.text, false)?,
+        }
+        ids.extend_from_slice(&self.after);
+        Ok(ids)
+    }
+
+    /// [`Self::ids`] on the tokenization pool (a blocking thread when there is none); `None`
+    /// when the pool has no room or the text fails to tokenize.
+    pub async fn ids_off_path(self) -> Option<Vec<u32>> {
+        let cpu = self.cpu.clone();
+        let job = move || self.ids();
+        let out = match cpu {
+            Some(pool) => pool.run(job).await.ok()?,
+            None => tokio::task::spawn_blocking(job).await.ok()?,
+        };
+        out.ok()
+    }
+}
+
 impl LocalTokenizer {
     pub fn new(bytes_per_token: usize, pieces: Option<PieceCache>) -> Self {
         Self { bytes_per_token: bytes_per_token.max(1), pieces, limits: None }
@@ -68,71 +158,85 @@ impl LocalTokenizer {
     /// Fails only for a chat whose own (client-supplied) template fails to render; anything else
     /// the configured tokenizer cannot handle is approximated.
     pub fn tokenize_now(&self, model: &Model, req: &InferenceRequest) -> Result<Tokens, TokenizeError> {
-        Ok(match &req.kind {
-            Kind::Completion(Prompt::Ids(ids)) => Tokens { ids: ids.clone(), space: TokenSpace::Engine },
+        self.tokens(model, req, false).map(|leading| leading.tokens)
+    }
+
+    /// [`Self::tokenize_now`], or with `defer`, a prompt whose leading pieces are all cached as
+    /// those pieces' ids and the [`Tail`] that tokenizes the rest.
+    fn tokens(&self, model: &Model, req: &InferenceRequest, defer: bool) -> Result<Leading, TokenizeError> {
+        let whole = |tokens| Ok(Leading { tokens, tail: None });
+        match &req.kind {
+            Kind::Completion(Prompt::Ids(ids)) => whole(Tokens { ids: ids.clone(), space: TokenSpace::Engine }),
             Kind::Completion(Prompt::IdLists(lists)) => {
-                Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine }
+                whole(Tokens { ids: lists.first().cloned().unwrap_or_default(), space: TokenSpace::Engine })
             }
-            Kind::Completion(Prompt::Text(text)) => self.text(model, text),
-            Kind::Completion(Prompt::Texts(texts)) => self.text(model, texts.first().map_or("", String::as_str)),
+            Kind::Completion(Prompt::Text(text)) => Ok(self.text(model, text, defer)),
+            Kind::Completion(Prompt::Texts(texts)) => {
+                Ok(self.text(model, texts.first().map_or("", String::as_str), defer))
+            }
             Kind::Chat(chat) => {
                 if let Some(tok) = &model.tokenizer {
-                    match self.chat(tok, chat) {
-                        Ok(ids) => return Ok(Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) }),
+                    match self.chat(tok, chat, defer) {
+                        Ok((ids, tail)) => {
+                            return Ok(Leading {
+                                tokens: Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) },
+                                tail,
+                            })
+                        }
                         // The client's own template failed: vLLM would refuse the request too.
                         Err(e) if chat.chat_template.is_some() => return Err(TokenizeError::Rejected(e)),
                         Err(_) => {}
                     }
                 }
-                self.approx(&chat_bytes(chat))
+                whole(self.approx(&chat_bytes(chat)))
             }
-            Kind::Other => Tokens { ids: Vec::new(), space: TokenSpace::Approx },
-        })
+            Kind::Other => whole(Tokens { ids: Vec::new(), space: TokenSpace::Approx }),
+        }
     }
 
     /// The chat's tokens as vLLM computes them (template applied, no special tokens added), from
     /// cached pieces where they repeat.
-    fn chat(&self, tok: &HfTokenizer, chat: &ChatInput) -> Result<Vec<u32>, String> {
+    fn chat(&self, tok: &Arc<HfTokenizer>, chat: &ChatInput, defer: bool) -> Result<(Vec<u32>, Option<Tail>), String> {
         let rendered = tok.render_chat(chat).map_err(|e| e.to_string())?;
-        self.encode(tok, self.capped(&rendered), false)
+        self.encode_leading(tok, self.capped(&rendered), false, defer)
     }
 
     /// `tok.encode(text, add_special_tokens)`, built from cached pieces when the text has added
     /// tokens to cut at (a rendered chat, or a completion prompt written in the template's own
     /// tokens) and the cut is exact: the same ids, with each piece between added tokens tokenized
-    /// once for all requests that repeat it.
-    fn encode(&self, tok: &HfTokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
-        let whole = || tok.encode(text, add_special_tokens);
-        let Some(PieceCache { cache, metrics }) = self.pieces.as_ref().filter(|p| p.cache.enabled()) else {
+    /// once for all requests that repeat it. With `defer`, only the ids up to the first piece the
+    /// cache does not hold, and the [`Tail`] that tokenizes the rest (`None` when none is left).
+    fn encode_leading(
+        &self,
+        tok: &Arc<HfTokenizer>,
+        text: &str,
+        add_special_tokens: bool,
+        defer: bool,
+    ) -> Result<(Vec<u32>, Option<Tail>), String> {
+        let whole = || tok.encode(text, add_special_tokens).map(|ids| (ids, None));
+        let Some(pieces) = self.pieces.as_ref().filter(|p| p.cache.enabled()) else {
             return whole();
         };
         let specials = if add_special_tokens { tok.specials_around() } else { Some((&[][..], &[][..])) };
         let Some((before, after)) = specials else { return whole() };
         let cut = tok.pieces(text).filter(|p| p.iter().any(|piece| matches!(piece, Piece::Added(_))));
-        let Some(pieces) = cut else { return whole() };
-        let space = TokenSpace::Local(tok.fingerprint());
-        let tokenizer_key = format!("{:016x}", tok.fingerprint());
-        let (mut ids, mut reused) = (before.to_vec(), 0);
-        for piece in pieces {
-            match piece {
-                Piece::Added(id) => ids.push(id),
-                Piece::Text(t) => {
-                    let key = TokenCache::key("piece", &tokenizer_key, t.as_bytes());
-                    if let Some((_, cached)) = cache.get(key) {
-                        ids.extend_from_slice(&cached);
-                        reused += cached.len();
-                    } else {
-                        let piece_ids = tok.encode(t, false)?;
-                        ids.extend_from_slice(&piece_ids);
-                        cache.insert(key, (space, Arc::from(piece_ids)));
-                    }
-                }
-            }
-        }
-        ids.extend_from_slice(after);
-        metrics.piece_tokens.with_label_values(&["reused"]).inc_by(reused as u64);
-        metrics.piece_tokens.with_label_values(&["tokenized"]).inc_by((ids.len() - reused) as u64);
-        Ok(ids)
+        let Some(cut) = cut else { return whole() };
+        let mut ids = before.to_vec();
+        let Some(first_new) = pieces.extend(tok, &cut, &mut ids, defer)? else {
+            ids.extend_from_slice(after);
+            return Ok((ids, None));
+        };
+        // Text pieces are slices of `text`; the cut restarts exactly there (a piece starts at the
+        // text's start or where an added token ends, and the matcher's next match is the same).
+        let at = first_new.as_ptr() as usize - text.as_ptr() as usize;
+        let tail = Tail {
+            tok: Arc::clone(tok),
+            text: text[at..].to_owned(),
+            after: after.to_vec(),
+            pieces: pieces.clone(),
+            cpu: self.limits.as_ref().map(|l| Arc::clone(&l.cpu)),
+        };
+        Ok((ids, Some(tail)))
     }
 
     /// The request as the CPU pool needs it: a text prompt cut to the byte cap (counted here, so
@@ -154,14 +258,14 @@ impl LocalTokenizer {
         }
     }
 
-    fn text(&self, model: &Model, text: &str) -> Tokens {
+    fn text(&self, model: &Model, text: &str, defer: bool) -> Leading {
         let text = self.capped(text);
         if let Some(tok) = &model.tokenizer {
-            if let Ok(ids) = self.encode(tok, text, true) {
-                return Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) };
+            if let Ok((ids, tail)) = self.encode_leading(tok, text, true, defer) {
+                return Leading { tokens: Tokens { ids, space: TokenSpace::Local(tok.fingerprint()) }, tail };
             }
         }
-        self.approx(text.as_bytes())
+        Leading { tokens: self.approx(text.as_bytes()), tail: None }
     }
 
     /// The byte approximation of a whole request (no tokenizer, no template), its text capped.
@@ -242,35 +346,48 @@ fn input_bytes(req: &InferenceRequest) -> usize {
     }
 }
 
+impl LocalTokenizer {
+    /// Short inputs inline; long ones on the CPU pool, already cut to the cap (see `Limits`).
+    async fn run(&self, model: &Arc<Model>, req: &InferenceRequest, defer: bool) -> Result<Leading, TokenizeError> {
+        let bytes = input_bytes(req);
+        if bytes <= INLINE_BYTES {
+            return self.tokens(model, req, defer);
+        }
+        // A long text prompt goes to the pool already cut to the cap: no copy of the whole.
+        let (this, model_c, req_c) = (self.clone(), Arc::clone(model), self.job_input(req));
+        let job = move || this.tokens(&model_c, &req_c, defer);
+        let Some(limits) = &self.limits else {
+            return tokio::task::spawn_blocking(job).await.map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        };
+        let started = std::time::Instant::now();
+        let out = limits.cpu.run(job).await;
+        limits.metrics.observe_phase(crate::metrics::Phase::TokenizePool, started.elapsed());
+        match out {
+            Ok(leading) => leading,
+            Err(super::PoolFull) => {
+                // No room to tokenize: route on the byte form rather than wait or refuse.
+                limits.metrics.tokenize_degraded.with_label_values(&["pool_full"]).inc();
+                Ok(Leading { tokens: self.approx_request(req), tail: None })
+            }
+        }
+    }
+}
+
 impl Tokenize for LocalTokenizer {
     fn tokenize<'a>(
         &'a self,
         model: &'a Arc<Model>,
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
-        Box::pin(async move {
-            let bytes = input_bytes(req);
-            if bytes <= INLINE_BYTES {
-                return self.tokenize_now(model, req);
-            }
-            // A long text prompt goes to the pool already cut to the cap: no copy of the whole.
-            let (this, model_c, req_c) = (self.clone(), Arc::clone(model), self.job_input(req));
-            let job = move || this.tokenize_now(&model_c, &req_c);
-            let Some(limits) = &self.limits else {
-                return tokio::task::spawn_blocking(job).await.map_err(|e| TokenizeError::Failed(e.to_string()))?;
-            };
-            let started = std::time::Instant::now();
-            let out = limits.cpu.run(job).await;
-            limits.metrics.observe_phase(crate::metrics::Phase::TokenizePool, started.elapsed());
-            match out {
-                Ok(tokens) => tokens,
-                Err(super::PoolFull) => {
-                    // No room to tokenize: route on the byte form rather than wait or refuse.
-                    limits.metrics.tokenize_degraded.with_label_values(&["pool_full"]).inc();
-                    Ok(self.approx_request(req))
-                }
-            }
-        })
+        Box::pin(async move { self.run(model, req, false).await.map(|leading| leading.tokens) })
+    }
+
+    fn tokenize_leading<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Leading, TokenizeError>> {
+        Box::pin(self.run(model, req, true))
     }
 }
 
@@ -350,6 +467,35 @@ mod tests {
             count("reused"),
             count("tokenized")
         );
+    }
+
+    #[test]
+    fn leading_tokens_and_their_tail_are_exactly_the_whole_prompt_s_tokens() {
+        let m = model(true);
+        let (cached, whole, _, _) = cached_and_whole();
+        let system = "You answer questions about caches. ".repeat(100);
+        let mut messages = vec![json!({"role": "system", "content": system})];
+        for turn in 0..4 {
+            messages.push(json!({"role": "user", "content": format!("Question {turn}: what is block {turn}?")}));
+            let req = chat(json!(messages.clone()));
+            let expected = whole.tokenize_now(&m, &req).expect("tokens");
+            let Leading { mut tokens, tail } = cached.tokens(&m, &req, true).expect("tokens");
+            // The first piece after the opening token is new on the first turn: from it on, the
+            // rest is left for later; afterwards, only what each turn adds is.
+            let tail = tail.expect("new text is left for later");
+            let leading = tokens.ids.len();
+            assert!(if turn == 0 { leading == 1 } else { leading > 500 }, "turn {turn}: {leading} leading tokens");
+            tokens.ids.extend(tail.ids().expect("tail"));
+            assert_eq!(tokens, expected, "turn {turn}: leading + tail must be the whole prompt's tokens");
+            messages.push(json!({"role": "assistant", "content": format!("Answer {turn}.")}));
+        }
+        // Nothing new: the whole prompt comes from the cache at once.
+        let req = chat(json!(messages));
+        let leading = cached.tokens(&m, &req, true).expect("tokens");
+        let _ = cached.tokenize_now(&m, &req);
+        let again = cached.tokens(&m, &req, true).expect("tokens");
+        assert!(leading.tail.is_some() && again.tail.is_none());
+        assert_eq!(again.tokens, whole.tokenize_now(&m, &req).expect("tokens"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod remote;
 
 pub use cache::TokenCache;
 pub use cpu::{CpuPool, PoolFull};
-pub use local::{Limits, LocalTokenizer, PieceCache};
+pub use local::{Limits, LocalTokenizer, PieceCache, Tail};
 pub use pool::{PoolConfig, TokenizerPool};
 
 use crate::discovery::Model;
@@ -66,6 +66,14 @@ pub enum TokenizeError {
     Rejected(String),
 }
 
+/// A prompt's leading tokens, and what tokenizes the rest when that was left for later.
+#[derive(Debug)]
+pub struct Leading {
+    /// The whole prompt's tokens when `tail` is `None`; else its first ones, exactly.
+    pub tokens: Tokens,
+    pub tail: Option<Tail>,
+}
+
 /// A way to tokenize a request for routing. Implementations never see the network types of
 /// the ext_proc layer.
 pub trait Tokenize: Send + Sync {
@@ -74,6 +82,17 @@ pub trait Tokenize: Send + Sync {
         model: &'a Arc<Model>,
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>>;
+
+    /// The tokens the routing decision needs now: the whole prompt's, or — where the prompt's
+    /// leading pieces are already known and the rest is new text — those pieces' tokens and a
+    /// [`Tail`] that tokenizes the rest after the decision.
+    fn tokenize_leading<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Leading, TokenizeError>> {
+        Box::pin(async move { self.tokenize(model, req).await.map(|tokens| Leading { tokens, tail: None }) })
+    }
 }
 
 /// The router's tokenization: the cache, then the model's vLLM pods (when enabled), then the
@@ -142,21 +161,27 @@ impl Tokenization {
         }
     }
 
-    async fn tokenize_inner(&self, model: &Arc<Model>, req: &InferenceRequest) -> Result<Tokens, TokenizeError> {
+    async fn tokenize_inner(
+        &self,
+        model: &Arc<Model>,
+        req: &InferenceRequest,
+        defer: bool,
+    ) -> Result<Leading, TokenizeError> {
+        let whole = |tokens| Leading { tokens, tail: None };
         let Some(body) = remote::tokenize_body(req) else {
             // Token ids or nothing to tokenize: no call, no cache.
-            return self.local.tokenize(model, req).await;
+            return self.local.tokenize(model, req).await.map(whole);
         };
         let body = body.to_string().into_bytes();
         if let Some(pool) = &self.remote {
             let key = TokenCache::key("engine", &model.name, &body);
             if let Some(tokens) = self.cached(key) {
-                return Ok(tokens);
+                return Ok(whole(tokens));
             }
             match pool.tokenize(model, &body).await {
                 Ok(ids) => {
                     self.cache.insert(key, (TokenSpace::Engine, Arc::from(ids.as_slice())));
-                    return Ok(Tokens { ids, space: TokenSpace::Engine });
+                    return Ok(whole(Tokens { ids, space: TokenSpace::Engine }));
                 }
                 Err(failure) => self.fall_back(failure.label()),
             }
@@ -165,11 +190,19 @@ impl Tokenization {
         let local_space = format!("{}\0{:016x}", model.name, model.tokenizer.as_ref().map_or(0, |t| t.fingerprint()));
         let key = TokenCache::key("local", &local_space, &body);
         if let Some(tokens) = self.cached(key) {
-            return Ok(self.engine_if_equal(model, tokens));
+            return Ok(whole(self.engine_if_equal(model, tokens)));
         }
-        let tokens = self.local.tokenize(model, req).await?;
-        self.cache.insert(key, (tokens.space, Arc::from(tokens.ids.as_slice())));
-        Ok(self.engine_if_equal(model, tokens))
+        let mut leading = if defer {
+            self.local.tokenize_leading(model, req).await?
+        } else {
+            whole(self.local.tokenize(model, req).await?)
+        };
+        // Only whole prompts are kept; a deferred tail's new pieces go to the piece cache.
+        if leading.tail.is_none() {
+            self.cache.insert(key, (leading.tokens.space, Arc::from(leading.tokens.ids.as_slice())));
+        }
+        leading.tokens = self.engine_if_equal(model, leading.tokens);
+        Ok(leading)
     }
 }
 
@@ -179,7 +212,15 @@ impl Tokenize for Tokenization {
         model: &'a Arc<Model>,
         req: &'a InferenceRequest,
     ) -> BoxFuture<'a, Result<Tokens, TokenizeError>> {
-        Box::pin(self.tokenize_inner(model, req))
+        Box::pin(async move { self.tokenize_inner(model, req, false).await.map(|leading| leading.tokens) })
+    }
+
+    fn tokenize_leading<'a>(
+        &'a self,
+        model: &'a Arc<Model>,
+        req: &'a InferenceRequest,
+    ) -> BoxFuture<'a, Result<Leading, TokenizeError>> {
+        Box::pin(self.tokenize_inner(model, req, true))
     }
 }
 
