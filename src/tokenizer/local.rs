@@ -119,10 +119,17 @@ impl Tail {
     /// [`Self::ids`] on the tokenization pool (a blocking thread when there is none); `None`
     /// when the pool has no room or the text fails to tokenize.
     pub async fn ids_off_path(self) -> Option<Vec<u32>> {
-        let cpu = self.cpu.clone();
+        let (cpu, metrics) = (self.cpu.clone(), Arc::clone(&self.pieces.metrics));
         let job = move || self.ids();
         let out = match cpu {
-            Some(pool) => pool.run(job).await.ok()?,
+            Some(pool) => match pool.run(job).await {
+                Ok(out) => out,
+                Err(super::PoolFull) => {
+                    // Only the leading blocks, recorded with the decision, are kept.
+                    metrics.tokenize_degraded.with_label_values(&["pool_full"]).inc();
+                    return None;
+                }
+            },
             None => tokio::task::spawn_blocking(job).await.ok()?,
         };
         out.ok()
