@@ -217,13 +217,11 @@ impl Router {
                     // a pod's cache may hold it: tokenize it now.
                     let exact = model.endpoints.iter().any(|e| e.trust() == Trust::Exact);
                     if exact || tokens.ids.len() < block_size {
-                        match rest.ids() {
-                            Ok(ids) => {
-                                tokens.ids.extend_from_slice(&ids);
-                                (Some(tokens), None)
-                            }
-                            Err(_) => (None, None),
+                        // Without the rest (no room on the pool), the leading tokens are routed on.
+                        if let Some(ids) = rest.finish().await {
+                            tokens.ids.extend_from_slice(&ids);
                         }
+                        (Some(tokens), None)
                     } else {
                         (Some(tokens), Some(rest))
                     }

@@ -355,5 +355,11 @@ async fn with_trusted_kv_events_a_chat_is_tokenized_whole_before_the_decision() 
     let r = d.receipt.clone().expect("receipt");
     let whole = router.tokens_for(&chat(&messages)).await.expect("tokens");
     assert!(!r.tail && r.prompt_blocks == (whole.ids.len() - 1) / 16, "{r:?}");
+    // A long new text (over the inline limit) is tokenized off the async workers, still before.
+    let long = [messages[0].clone(), turn("user", "A long document, every line of it new to the router. ", 800)];
+    let d = router.route(&chat(&long)).await.expect("routed");
+    let r = d.receipt.clone().expect("receipt");
+    let whole = router.tokens_for(&chat(&long)).await.expect("tokens");
+    assert!(!r.tail && r.prompt_blocks == (whole.ids.len() - 1) / 16 && r.prompt_blocks > 500, "{r:?}");
     assert_eq!(tails_done(&metrics), 0);
 }

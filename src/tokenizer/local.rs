@@ -116,6 +116,15 @@ impl Tail {
         Ok(ids)
     }
 
+    /// [`Self::ids`] now: inline when the rest is short, else on the pool as a long input is
+    /// (see `INLINE_BYTES`); `None` when the pool has no room or the text fails to tokenize.
+    pub async fn finish(self) -> Option<Vec<u32>> {
+        if self.text.len() <= INLINE_BYTES {
+            return self.ids().ok();
+        }
+        self.ids_off_path().await
+    }
+
     /// [`Self::ids`] on the tokenization pool (a blocking thread when there is none); `None`
     /// when the pool has no room or the text fails to tokenize.
     pub async fn ids_off_path(self) -> Option<Vec<u32>> {
