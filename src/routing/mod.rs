@@ -7,7 +7,7 @@ use crate::discovery::{Endpoint, InflightGuard, Registry, Snapshot, Trust};
 use crate::metrics::Phase;
 use crate::metrics::{Metrics, StateSample};
 use crate::openai::{InferenceRequest, Kind};
-use crate::tokenizer::{Leading, Tail, Tokenize, TokenizeError};
+use crate::tokenizer::{Leading, Tail, TokenSpace, Tokenize, TokenizeError};
 use prefix_index::policy::{
     Candidate, LeastLoad, Outcome, Pick, Policy, PrefixAware, PrefixParams, Random, RequestFacts, RoundRobin,
 };
@@ -212,11 +212,14 @@ impl Router {
             let (tokens, rest) = match leading {
                 Some(Leading { mut tokens, tail: Some(rest) }) => {
                     // The rest can wait for the decision when the leading tokens hold a block to
-                    // match and no pod's events are trusted: the index then holds only what this
-                    // router recorded, and it never recorded the rest (its pieces are new). Else
-                    // a pod's cache may hold it: tokenize it now.
+                    // match, no pod's events are trusted, and the tokens are the local tokenizer's
+                    // own (engine-space blocks also come from `/tokenize` and from clients' ids):
+                    // the index then holds only what this tokenizer produced, and it never
+                    // produced the rest (its pieces are new). Else the index or a pod's cache may
+                    // hold it: tokenize it now.
                     let exact = model.endpoints.iter().any(|e| e.trust() == Trust::Exact);
-                    if exact || tokens.ids.len() < block_size {
+                    let own = matches!(tokens.space, TokenSpace::Local(_));
+                    if exact || !own || tokens.ids.len() < block_size {
                         // Without the rest (no room on the pool), the leading tokens are routed on.
                         if let Some(ids) = rest.finish().await {
                             tokens.ids.extend_from_slice(&ids);

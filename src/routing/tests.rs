@@ -253,6 +253,14 @@ async fn a_block_aligned_prompt_s_last_block_is_not_counted_as_cached() {
 
 /// A router with the Qwen3 tokenizer and its piece cache, wired as the server wires them.
 fn piece_router(specs: Vec<crate::discovery::ModelSpec>) -> (Router, Arc<Metrics>) {
+    piece_router_with(specs, |t| Arc::new(t))
+}
+
+/// `piece_router`, its tokenization wrapped by `wrap`.
+fn piece_router_with(
+    specs: Vec<crate::discovery::ModelSpec>,
+    wrap: impl FnOnce(crate::tokenizer::Tokenization) -> Arc<dyn Tokenize>,
+) -> (Router, Arc<Metrics>) {
     use crate::tokenizer::{LocalTokenizer, PieceCache, TokenCache, Tokenization};
     let registry = Arc::new(Registry::new());
     let tok = Arc::new(hf_chat::HfTokenizer::from_dir(&crate::test_fixture_dir()).expect("fixture"));
@@ -264,7 +272,7 @@ fn piece_router(specs: Vec<crate::discovery::ModelSpec>) -> (Router, Arc<Metrics
     let local = LocalTokenizer::new(4, Some(PieceCache { cache: Arc::clone(&cache), metrics: Arc::clone(&metrics) }));
     let tokenization = Tokenization::new(local, None, cache, Arc::clone(&metrics));
     let cfg = RoutingConfig { block_size: 16, ..routing_config() };
-    (Router::new(registry, Arc::new(tokenization), cfg, Arc::clone(&metrics)), metrics)
+    (Router::new(registry, wrap(tokenization), cfg, Arc::clone(&metrics)), metrics)
 }
 
 fn chat(messages: &[serde_json::Value]) -> InferenceRequest {
@@ -361,5 +369,49 @@ async fn with_trusted_kv_events_a_chat_is_tokenized_whole_before_the_decision() 
     let r = d.receipt.clone().expect("receipt");
     let whole = router.tokens_for(&chat(&long)).await.expect("tokens");
     assert!(!r.tail && r.prompt_blocks == (whole.ids.len() - 1) / 16 && r.prompt_blocks > 500, "{r:?}");
+    assert_eq!(tails_done(&metrics), 0);
+}
+
+/// The local tokenizer's tokens as a verified-equal one reports them: in the engine's space.
+struct EngineEqual(crate::tokenizer::Tokenization);
+
+impl Tokenize for EngineEqual {
+    fn tokenize<'a>(
+        &'a self,
+        model: &'a Arc<crate::discovery::Model>,
+        req: &'a InferenceRequest,
+    ) -> futures::future::BoxFuture<'a, Result<crate::tokenizer::Tokens, TokenizeError>> {
+        Box::pin(async move {
+            let mut tokens = self.0.tokenize(model, req).await?;
+            tokens.space = crate::tokenizer::TokenSpace::Engine;
+            Ok(tokens)
+        })
+    }
+
+    fn tokenize_leading<'a>(
+        &'a self,
+        model: &'a Arc<crate::discovery::Model>,
+        req: &'a InferenceRequest,
+    ) -> futures::future::BoxFuture<'a, Result<Leading, TokenizeError>> {
+        Box::pin(async move {
+            let mut leading = self.0.tokenize_leading(model, req).await?;
+            leading.tokens.space = crate::tokenizer::TokenSpace::Engine;
+            Ok(leading)
+        })
+    }
+}
+
+#[tokio::test]
+async fn engine_space_tokens_are_tokenized_whole_before_the_decision() {
+    // Engine-space blocks also come from `/tokenize` and from clients' token ids: text this
+    // router's piece cache never saw can be in the index.
+    let (router, metrics) = piece_router_with(vec![spec("m", 2)], |t| Arc::new(EngineEqual(t)));
+    let system = turn("system", "You answer questions about caches and their eviction. ", 30);
+    drop(router.route(&chat(&[system.clone(), turn("user", "A first question? ", 4)])).await.expect("routed"));
+    let messages = [system, turn("user", "A second question, not seen before? ", 4)];
+    let d = router.route(&chat(&messages)).await.expect("routed");
+    let r = d.receipt.clone().expect("receipt");
+    let whole = router.tokens_for(&chat(&messages)).await.expect("tokens");
+    assert!(!r.tail && r.tokens == "engine" && r.prompt_blocks == (whole.ids.len() - 1) / 16, "{r:?}");
     assert_eq!(tails_done(&metrics), 0);
 }
